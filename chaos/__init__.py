@@ -1,0 +1,1 @@
+"""crdtstate chaos: fault proxy, cluster harness, nemeses, checkers, simulation."""

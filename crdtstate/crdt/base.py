@@ -1,0 +1,326 @@
+"""Common machinery of the typed CRDT fields.
+
+A field object has two lives. Declared on a :class:`~crdtstate.schema.Schema` class it is
+a *spec*: kind, value type, default. Bound to a namespace document it is a *view*: reads
+materialize the Yjs content of one root shared type, writes go through the document's
+single write path (:class:`FieldContext.write`) so every change is captured, stored and
+announced. Fields never do I/O and never touch the store.
+
+The content of a root type is never trusted: entries with a foreign shape are skipped and
+reported as :class:`~crdtstate.errors.SchemaViolation`, never raised.
+
+Imports: ``_codec``, ``errors``, ``hlc``; never ``doc``, ``replica`` or the store.
+"""
+
+from __future__ import annotations
+
+import copy
+import enum
+import functools
+import threading
+from collections.abc import Callable
+from typing import Any, ClassVar, Generic, Protocol, Self, TypeVar, cast
+
+from pycrdt import Array, Map
+from pydantic import TypeAdapter
+from pydantic import ValidationError as PydanticValidationError
+
+from crdtstate import _codec
+from crdtstate.errors import SchemaError, SchemaViolation, ValidationError
+from crdtstate.hlc import HybridClock
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def locked(method: F) -> F:
+    """Run a field method under its document's lock: reads and writes are atomic across
+    threads (the sync client applies remote updates on its own thread)."""
+
+    @functools.wraps(method)
+    def wrapper(self: Field[Any], *args: Any, **kwargs: Any) -> Any:
+        with self.ctx.lock:
+            return method(self, *args, **kwargs)
+
+    return cast(F, wrapper)
+
+
+MAX_VALUE_BYTES = 1 << 20
+"""Largest canonical JSON encoding accepted for one value (1 MiB)."""
+
+
+class FieldKind(enum.StrEnum):
+    """CRDT kinds a field can have; the values are the names used in descriptors and the CLI."""
+
+    LWW = "lww"
+    GCOUNTER = "gcounter"
+    PNCOUNTER = "pncounter"
+    ORSET = "orset"
+    LWWMAP = "lwwmap"
+    LOG = "log"
+
+
+class ValueType(enum.StrEnum):
+    """JSON-level value types a descriptor can name; Python schemas map richer types to JSON."""
+
+    STR = "str"
+    INT = "int"
+    FLOAT = "float"
+    BOOL = "bool"
+    JSON = "json"
+
+
+_PY_TYPES: dict[ValueType, Any] = {
+    ValueType.STR: str,
+    ValueType.INT: int,
+    ValueType.FLOAT: float,
+    ValueType.BOOL: bool,
+    ValueType.JSON: Any,
+}
+
+
+def value_type_of(py_type: Any) -> ValueType:
+    """Descriptor type for a Python type: primitives map to themselves, the rest to json."""
+    for vt, candidate in _PY_TYPES.items():
+        if py_type is candidate and vt is not ValueType.JSON:
+            return vt
+    return ValueType.JSON
+
+
+def python_type_of(value_type: ValueType) -> Any:
+    """Python type used to validate values of a descriptor type (``Any`` for json)."""
+    return _PY_TYPES[value_type]
+
+
+def json_value_fits(value_type: ValueType, value: Any) -> bool:
+    """Whether a decoded JSON value has the shape ``value_type`` promises."""
+    if value_type is ValueType.JSON:
+        return True
+    if value_type is ValueType.BOOL:
+        return isinstance(value, bool)
+    if value_type is ValueType.INT:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if value_type is ValueType.FLOAT:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(value, str)
+
+
+class FieldContext(Protocol):
+    """What a bound field needs from its namespace document."""
+
+    replica_id: str
+    clock: HybridClock
+    lock: threading.RLock
+
+    def root_map(self, name: str) -> Map: ...
+
+    def root_array(self, name: str) -> Array: ...
+
+    def write(self, field: Field[Any], op: dict[str, Any], mutate: Callable[[], None]) -> None:
+        """Run ``mutate`` in one transaction and record it as the semantic operation ``op``."""
+        ...
+
+    def new_tag(self) -> str:
+        """A tag never issued before by any replica (OR-set add identity)."""
+        ...
+
+    def has_subscribers(self, name: str) -> bool: ...
+
+    def notify(self, name: str, old: Any, new: Any, *, local: bool) -> None: ...
+
+
+class Field(Generic[T]):
+    """Base of every CRDT field: a spec when declared, a view when bound.
+
+    Subclasses implement :meth:`_materialize` (doc content -> JSON value and violations) and
+    their own typed read and write methods.
+    """
+
+    kind: ClassVar[FieldKind]
+
+    def __init__(self, value_type: Any, default: Any, *, doc: str = "") -> None:
+        self.value_type: Any = value_type
+        self.json_type: ValueType = value_type_of(value_type)
+        self.default: Any = default
+        self.doc = doc
+        self.name: str = ""
+        self._ctx: FieldContext | None = None
+        self._adapter: TypeAdapter[Any] = TypeAdapter(value_type)
+        self._cache: tuple[Any, list[SchemaViolation]] | None = None
+        self._typed_cache: tuple[Any, list[SchemaViolation]] | None = None
+        if default is not None or self._accepts_none():
+            self._check_default()
+
+    # -- spec side -------------------------------------------------------------------------
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def _accepts_none(self) -> bool:
+        try:
+            self._adapter.validate_python(None, strict=True)
+        except PydanticValidationError:
+            return False
+        return True
+
+    def _check_default(self) -> None:
+        pass
+
+    def descriptor(self) -> dict[str, Any]:
+        """JSON descriptor of this field as written into the doc's schema map."""
+        return {
+            "kind": str(self.kind),
+            "type": str(self.json_type),
+            "default": self.default_json(),
+        }
+
+    def default_json(self) -> Any:
+        """The default as a JSON value (``None`` where a kind has no default)."""
+        return None
+
+    def bind(self, ctx: FieldContext, name: str | None = None) -> Self:
+        """Return a view of this field over ``ctx``'s document."""
+        view = copy.copy(self)
+        view.name = name or self.name
+        view._ctx = ctx
+        view._cache = None
+        view._typed_cache = None
+        view._bind_root()
+        return view
+
+    def _bind_root(self) -> None:
+        pass
+
+    @property
+    def ctx(self) -> FieldContext:
+        """The document this view is bound to."""
+        if self._ctx is None:
+            raise SchemaError(
+                f"field {self.name!r} is a declaration; use it through a replica "
+                "(replica.state.<field>) to read or write"
+            )
+        return self._ctx
+
+    # -- values ----------------------------------------------------------------------------
+
+    def to_json(self, value: Any) -> Any:
+        """Validate a value written locally and convert it to its JSON form.
+
+        Raises:
+            ValidationError: the value does not fit the field's type or is too large.
+        """
+        try:
+            checked = self._adapter.validate_python(value, strict=True)
+            as_json = self._adapter.dump_python(checked, mode="json")
+            encoded = _codec.dumps(as_json)
+        except PydanticValidationError as exc:
+            raise ValidationError(self.name, _first_error(exc)) from exc
+        except (TypeError, ValueError) as exc:
+            raise ValidationError(self.name, f"value is not representable as JSON: {exc}") from exc
+        if len(encoded) > MAX_VALUE_BYTES:
+            raise ValidationError(
+                self.name, f"value is {len(encoded)} bytes encoded, over {MAX_VALUE_BYTES}"
+            )
+        return as_json
+
+    def from_json(self, value: Any) -> Any:
+        """Turn a JSON value read from the doc into a typed value (raises on mismatch)."""
+        return self._adapter.validate_python(value)
+
+    def _encode(self, value: Any) -> str:
+        return _codec.dumps(value)
+
+    def _commit(
+        self, op: dict[str, Any], mutate: Callable[[], None], after: Callable[[], None]
+    ) -> None:
+        """Write through the doc, then update caches (``after``), then tell subscribers."""
+        ctx = self.ctx
+        watched = ctx.has_subscribers(self.name)
+        old = self._typed() if watched else None
+        ctx.write(self, op, mutate)
+        after()
+        if watched:
+            ctx.notify(self.name, old, self._typed(), local=True)
+
+    # -- materialization -------------------------------------------------------------------
+
+    def _materialize(self) -> tuple[Any, list[SchemaViolation]]:
+        raise NotImplementedError
+
+    def invalidate(self) -> None:
+        """Forget cached values; the document calls this after remote changes."""
+        self._cache = None
+        self._typed_cache = None
+
+    def _materialized(self) -> tuple[Any, list[SchemaViolation]]:
+        if self._cache is None:
+            self._cache = self._materialize()
+        return self._cache
+
+    def raw_value(self) -> Any:
+        """The field's value as JSON, derived only from the doc content (digest input)."""
+        return self._materialized()[0]
+
+    def violations(self) -> list[SchemaViolation]:
+        """Foreign-shaped content found in this field's part of the doc."""
+        self._typed()
+        assert self._typed_cache is not None
+        return [*self._materialized()[1], *self._typed_cache[1]]
+
+    def _typed(self) -> Any:
+        if self._typed_cache is None:
+            raw, _ = self._materialized()
+            self._typed_cache = self._convert(raw)
+        return self._typed_cache[0]
+
+    def _convert(self, raw: Any) -> tuple[Any, list[SchemaViolation]]:
+        """Typed value from the raw JSON value; a mismatch yields the default and a report."""
+        try:
+            return self.from_json(raw), []
+        except (PydanticValidationError, ValueError, TypeError) as exc:
+            detail = f"stored value does not fit the schema: {exc}"
+            return self.default, [SchemaViolation(self.name, detail)]
+
+    def __repr__(self) -> str:
+        state = "bound" if self._ctx is not None else "declared"
+        return f"<{type(self).__name__} {self.name!r} {state}>"
+
+
+def _first_error(exc: PydanticValidationError) -> str:
+    errors = exc.errors()
+    if not errors:
+        return str(exc)
+    err = errors[0]
+    where = ".".join(str(p) for p in err.get("loc", ()))
+    msg = str(err.get("msg", "invalid value"))
+    return f"{msg} (at {where})" if where else msg
+
+
+def parse_stamped(text: Any) -> tuple[int, int, Any] | None:
+    """Decode a ``[wall_ms, counter, value...]`` JSON slot; ``None`` when it has another shape."""
+    if not isinstance(text, str):
+        return None
+    try:
+        decoded = _codec.loads(text)
+    except ValueError:
+        return None
+    if (
+        not isinstance(decoded, list)
+        or len(decoded) not in (2, 3)
+        or not all(isinstance(x, int) and not isinstance(x, bool) for x in decoded[:2])
+    ):
+        return None
+    return decoded[0], decoded[1], decoded[2] if len(decoded) == 3 else _DELETED
+
+
+class _Deleted:
+    """Marker for an LWW-map key whose winning write is a delete."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<deleted>"
+
+
+_DELETED: Any = _Deleted()
+DELETED: Any = _DELETED

@@ -1,0 +1,133 @@
+"""Append-only log: :class:`Log` (an agent's memory).
+
+Layout in the doc: one root ``Array`` per field; each entry is canonical JSON
+``[wall_ms, counter, writer replica id, value]``. Appends go to the end of the array as the
+writer sees it, so an entry is ordered after everything its writer had observed (causal
+order); concurrent appends are ordered by Yjs's deterministic rule (client id), so every
+replica reads the same order after convergence. Entries are never modified or deleted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar, cast
+
+from crdtstate import _codec
+from crdtstate.crdt.base import Field, FieldKind, json_value_fits, locked
+from crdtstate.errors import SchemaViolation
+from crdtstate.hlc import Stamp
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry(Generic[T]):
+    """One appended value with the stamp of its append."""
+
+    value: T
+    stamp: Stamp
+
+
+class Log(Field[T]):
+    """Append-only sequence with one identical order on every replica after convergence."""
+
+    kind = FieldKind.LOG
+
+    def __init__(self, value_type: type[T], *, doc: str = "") -> None:
+        super().__init__(value_type, None, doc=doc)
+        self._stamps: list[Stamp] = []
+
+    def default_json(self) -> Any:
+        return []
+
+    def _bind_root(self) -> None:
+        self._root = self.ctx.root_array(self.name)
+        self._stamps = []
+
+    def _materialize(self) -> tuple[Any, list[SchemaViolation]]:
+        values: list[Any] = []
+        stamps: list[Stamp] = []
+        problems: list[SchemaViolation] = []
+        for position, item in enumerate(self._root):
+            entry = _parse_entry(item)
+            if entry is None or not json_value_fits(self.json_type, entry[3]):
+                problems.append(SchemaViolation(self.name, f"foreign log entry at {position}"))
+                continue
+            values.append(entry[3])
+            stamps.append(Stamp(entry[0], entry[1], entry[2]))
+        self._stamps = stamps
+        return values, problems
+
+    def _convert(self, raw: Any) -> tuple[Any, list[SchemaViolation]]:
+        out: list[Any] = []
+        problems: list[SchemaViolation] = []
+        for position, value in enumerate(raw):
+            try:
+                out.append(self.from_json(value))
+            except (ValueError, TypeError) as exc:
+                problems.append(SchemaViolation(self.name, f"entry {position} does not fit: {exc}"))
+        return out, problems
+
+    @property
+    @locked
+    def value(self) -> list[T]:
+        """Every entry's value, in log order."""
+        return cast(list[T], list(self._typed()))
+
+    @locked
+    def entries(self) -> list[LogEntry[T]]:
+        """Every entry with the stamp of its append, in log order."""
+        values = self.value
+        return [LogEntry(v, s) for v, s in zip(values, self._stamps, strict=False)]
+
+    @locked
+    def __iter__(self) -> Iterator[T]:
+        return iter(self.value)
+
+    @locked
+    def __len__(self) -> int:
+        return len(self._materialized()[0])
+
+    @locked
+    def append(self, value: T) -> Stamp:
+        """Append ``value`` at the end of the log as this replica sees it."""
+        as_json = self.to_json(value)
+        ctx = self.ctx
+        values, _violations = self._materialized()
+        wall_ms, counter = ctx.clock.tick()
+        encoded = _codec.dumps([wall_ms, counter, ctx.replica_id, as_json])
+        root = self._root
+
+        def mutate() -> None:
+            root.append(encoded)
+
+        stamp = Stamp(wall_ms, counter, ctx.replica_id)
+
+        def after() -> None:
+            values.append(as_json)  # in place: appends stay O(1) on long logs
+            self._stamps.append(stamp)
+            self._typed_cache = None
+
+        self._commit({"field": self.name, "op": "append", "value": as_json}, mutate, after)
+        return stamp
+
+
+def _parse_entry(item: Any) -> tuple[int, int, str, Any] | None:
+    if not isinstance(item, str):
+        return None
+    try:
+        decoded = _codec.loads(item)
+    except ValueError:
+        return None
+    if (
+        isinstance(decoded, list)
+        and len(decoded) == 4
+        and isinstance(decoded[0], int)
+        and isinstance(decoded[1], int)
+        and isinstance(decoded[2], str)
+        and not isinstance(decoded[0], bool)
+        and not isinstance(decoded[1], bool)
+    ):
+        return decoded[0], decoded[1], decoded[2], decoded[3]
+    return None

@@ -1,0 +1,187 @@
+"""Add-wins observed-remove set: :class:`ORSet`.
+
+Layout in the doc: one root ``Map`` per field; every add creates a key
+``"<canonical JSON of the element>\\x1f<unique tag>"`` (value: the add's HLC, for
+debugging). An element is present while at least one of its keys exists. ``remove``
+deletes exactly the keys it observed, so an add concurrent with a remove carries a tag the
+remove never saw and survives: add wins. ``add`` of a present element replaces the tags it
+observed with one fresh tag, which keeps the set small without changing the semantics.
+
+Element identity is the canonical JSON encoding, so ``1`` and ``1.0`` are one element only
+if they encode alike (they do not: JSON keeps the distinction).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterator
+from typing import Any, TypeVar, cast
+
+from crdtstate import _codec
+from crdtstate.crdt.base import Field, FieldKind, json_value_fits, locked
+from crdtstate.errors import SchemaViolation
+
+T = TypeVar("T")
+
+TAG_SEP = "\x1f"
+
+
+class ORSet(Field[T]):
+    """A set where a concurrent add beats a remove (add-wins OR-set).
+
+    Example::
+
+        followers = ORSet(str)
+        replica.state.followers.add("bob")
+        "bob" in replica.state.followers   # True
+    """
+
+    kind = FieldKind.ORSET
+
+    def __init__(self, value_type: type[T], *, doc: str = "") -> None:
+        super().__init__(value_type, None, doc=doc)
+        self._index: dict[str, list[str]] = {}
+
+    def default_json(self) -> Any:
+        return []
+
+    def _bind_root(self) -> None:
+        self._root = self.ctx.root_map(self.name)
+        self._index = {}
+
+    def _materialize(self) -> tuple[Any, list[SchemaViolation]]:
+        index: dict[str, list[str]] = {}
+        decoded: dict[str, Any] = {}
+        problems: list[SchemaViolation] = []
+        for key in self._root:
+            element, sep, tag = key.rpartition(TAG_SEP)
+            if not sep or not tag:
+                problems.append(SchemaViolation(self.name, "foreign set entry", key=key))
+                continue
+            if element not in decoded:
+                try:
+                    value = _codec.loads(element)
+                except ValueError:
+                    problems.append(SchemaViolation(self.name, "undecodable element", key=key))
+                    continue
+                if not json_value_fits(self.json_type, value):
+                    problems.append(SchemaViolation(self.name, "element of another type", key=key))
+                    continue
+                decoded[element] = value
+            index.setdefault(element, []).append(key)
+        self._index = index
+        return [decoded[e] for e in sorted(index)], problems
+
+    def _convert(self, raw: Any) -> tuple[Any, list[SchemaViolation]]:
+        out: list[Any] = []
+        problems: list[SchemaViolation] = []
+        for value in raw:
+            try:
+                out.append(self.from_json(value))
+            except (ValueError, TypeError) as exc:
+                problems.append(SchemaViolation(self.name, f"element does not fit: {exc}"))
+        return out, problems
+
+    @property
+    @locked
+    def value(self) -> list[T]:
+        """The elements present, in a deterministic order (by canonical JSON)."""
+        return cast(list[T], list(self._typed()))
+
+    @locked
+    def __contains__(self, element: object) -> bool:
+        try:
+            key = _codec.dumps(self.to_json(element))
+        except Exception:
+            return False
+        self._materialized()
+        return key in self._index
+
+    @locked
+    def __iter__(self) -> Iterator[T]:
+        return iter(self.value)
+
+    @locked
+    def __len__(self) -> int:
+        self._materialized()
+        return len(self._index)
+
+    @locked
+    def tags(self, element: T) -> list[str]:
+        """The add tags currently keeping ``element`` present (what a remove would observe)."""
+        self._materialized()
+        return [
+            k.rpartition(TAG_SEP)[2]
+            for k in self._index.get(_codec.dumps(self.to_json(element)), [])
+        ]
+
+    @locked
+    def add(self, element: T) -> str:
+        """Add ``element``; returns the new tag."""
+        as_json = self.to_json(element)
+        element_text = _codec.dumps(as_json)
+        ctx = self.ctx
+        values, violations = self._materialized()
+        observed = list(self._index.get(element_text, ()))
+        tag = ctx.new_tag()
+        wall_ms, counter = ctx.clock.tick()
+        new_key = f"{element_text}{TAG_SEP}{tag}"
+        stamp = _codec.dumps([wall_ms, counter])
+        root = self._root
+
+        def mutate() -> None:
+            for key in observed:
+                del root[key]
+            root[new_key] = stamp
+
+        op = {
+            "field": self.name,
+            "op": "add",
+            "value": as_json,
+            "tag": tag,
+            "replaced": [k.rpartition(TAG_SEP)[2] for k in observed],
+        }
+
+        def after() -> None:
+            if element_text not in self._index:
+                bisect.insort(values, as_json, key=_codec.dumps)
+            self._index[element_text] = [new_key]
+            self._cache = (values, violations)
+            self._typed_cache = None
+
+        self._commit(op, mutate, after)
+        return tag
+
+    @locked
+    def remove(self, element: T) -> bool:
+        """Remove ``element`` as observed here; returns whether it was present.
+
+        A concurrent add elsewhere (a tag not observed here) keeps the element.
+        """
+        as_json = self.to_json(element)
+        element_text = _codec.dumps(as_json)
+        values, violations = self._materialized()
+        observed = list(self._index.get(element_text, ()))
+        if not observed:
+            return False
+        root = self._root
+
+        def mutate() -> None:
+            for key in observed:
+                del root[key]
+
+        op = {
+            "field": self.name,
+            "op": "remove",
+            "value": as_json,
+            "tags": [k.rpartition(TAG_SEP)[2] for k in observed],
+        }
+
+        def after() -> None:
+            del self._index[element_text]
+            remaining = [v for v in values if _codec.dumps(v) != element_text]
+            self._cache = (remaining, violations)
+            self._typed_cache = None
+
+        self._commit(op, mutate, after)
+        return True

@@ -1,0 +1,366 @@
+"""The namespace document: one pycrdt ``Doc`` plus the schema's bound fields.
+
+Owns the single write path (every field write runs in one transaction whose Yjs update is
+captured and handed to a recorder, which the replica points at its store), remote update
+application with validation, change notification, the schema descriptor kept inside the
+doc, and the materialized view (``to_dict``/``digest``) used for drift detection.
+
+Must not import the store, the sync client or any I/O: the simulation and the relay's
+dashboard use it in-process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pycrdt import Array, Doc, Map
+
+from crdtstate import _codec
+from crdtstate.crdt.base import Field
+from crdtstate.errors import InvalidUpdate, SchemaError, SchemaViolation, UnknownFieldError
+from crdtstate.hlc import HybridClock
+from crdtstate.schema import Schema, bind_schema, field_from_descriptor
+
+SCHEMA_ROOT = "_schema"
+"""Root map holding one descriptor per field (canonical JSON), plus ``@schema`` metadata."""
+
+SCHEMA_META_KEY = "@schema"
+
+MAX_UPDATE_BYTES = 64 << 20
+"""Largest update accepted by :meth:`NamespaceDoc.apply_update` (64 MiB)."""
+
+Recorder = Callable[[bytes, dict[str, Any]], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A field's value changed: delivered to subscribers with old and new typed values."""
+
+    field: str
+    old: Any
+    new: Any
+    local: bool
+
+
+ChangeCallback = Callable[[Change], None]
+
+
+class NamespaceDoc:
+    """A namespace's Yjs document seen through a schema.
+
+    Args:
+        replica_id: writer id used for slots and tags.
+        schema: declared fields, or ``None`` to read whatever the doc declares (CLI).
+        client_id: Yjs client id; must be fresh per process start (see DESIGN.md).
+        clock: the replica's hybrid logical clock.
+    """
+
+    def __init__(
+        self,
+        replica_id: str,
+        schema: type[Schema] | None,
+        *,
+        client_id: int,
+        clock: HybridClock,
+    ) -> None:
+        self.replica_id = replica_id
+        self.clock = clock
+        self.client_id = client_id
+        self.recorder: Recorder | None = None
+        self.lock = threading.RLock()
+        self._doc = Doc(client_id=client_id)
+        self._captured: list[bytes] = []
+        self._remote = False
+        self._tags = 0
+        self._doc.observe(self._on_transaction)
+        self._schema_root: Map = self._doc.get(SCHEMA_ROOT, type=Map)
+        self._schema_dirty = True
+        self._schema_root.observe(self._on_schema_change)
+        self._subscribers: dict[str, list[ChangeCallback]] = {}
+        self._declared: dict[str, dict[str, Any]] = {}
+        self.schema = schema
+        if schema is not None:
+            self.state, views = bind_schema(schema, self)
+            self.fields: dict[str, Field[Any]] = dict(views)
+        else:
+            self.state = Schema._bound({})
+            self.fields = {}
+
+    # -- FieldContext ----------------------------------------------------------------------
+
+    def root_map(self, name: str) -> Map:
+        """The root map of a field."""
+        return self._doc.get(name, type=Map)
+
+    def root_array(self, name: str) -> Array:
+        """The root array of a field."""
+        return self._doc.get(name, type=Array)
+
+    def new_tag(self) -> str:
+        """Unique add tag: replica id, this process's Yjs client id, a counter."""
+        self._tags += 1
+        return f"{self.replica_id}.{self.client_id:x}.{self._tags}"
+
+    def write(self, field: Field[Any], op: dict[str, Any], mutate: Callable[[], None]) -> None:
+        """Run ``mutate`` in one transaction and hand its update and ``op`` to the recorder."""
+        captured = self._captured
+        captured.clear()
+        with self._doc.transaction():
+            mutate()
+        if captured and self.recorder is not None:
+            update = captured[0] if len(captured) == 1 else b"".join(captured)
+            self.recorder(update, op)
+
+    def has_subscribers(self, name: str) -> bool:
+        """Whether anyone listens to changes of field ``name``."""
+        return name in self._subscribers
+
+    def notify(self, name: str, old: Any, new: Any, *, local: bool) -> None:
+        """Deliver a change of ``name`` to its subscribers (errors in callbacks are isolated)."""
+        if old == new:
+            return
+        change = Change(name, old, new, local)
+        for callback in list(self._subscribers.get(name, ())):
+            try:
+                callback(change)
+            except Exception:  # a subscriber's bug must not break the write path
+                import logging
+
+                logging.getLogger("crdtstate").exception("change callback failed for %s", name)
+
+    def _on_transaction(self, event: Any) -> None:
+        if not self._remote:
+            self._captured.append(event.update)
+
+    def _on_schema_change(self, _event: Any) -> None:
+        self._schema_dirty = True
+
+    # -- merge API -------------------------------------------------------------------------
+
+    def state_vector(self) -> bytes:
+        """Encoded Yjs state vector."""
+        return self._doc.get_state()
+
+    def export_update(self, since_state_vector: bytes | None = None) -> bytes:
+        """Everything the holder of ``since_state_vector`` lacks (all state if ``None``).
+
+        Raises:
+            InvalidUpdate: ``since_state_vector`` cannot be decoded.
+        """
+        try:
+            return self._doc.get_update(since_state_vector)
+        except Exception as exc:
+            raise InvalidUpdate(f"cannot decode state vector: {exc}") from exc
+
+    def apply_update(self, update: bytes, *, notify: bool = True) -> None:
+        """Merge a Yjs update from elsewhere.
+
+        Raises:
+            InvalidUpdate: not bytes, over :data:`MAX_UPDATE_BYTES`, or undecodable; the
+                document is left untouched.
+        """
+        if not isinstance(update, bytes | bytearray | memoryview):
+            raise InvalidUpdate(f"update must be bytes, got {type(update).__name__}")
+        if len(update) > MAX_UPDATE_BYTES:
+            raise InvalidUpdate(f"update of {len(update)} bytes exceeds {MAX_UPDATE_BYTES}")
+        if len(update) < 2:
+            raise InvalidUpdate(f"update of {len(update)} bytes is truncated")
+        watched = list(self._subscribers) if notify else []
+        olds = {name: self._field_value(name) for name in watched}
+        self._remote = True
+        try:
+            self._doc.apply_update(bytes(update))
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt | SystemExit):
+                raise
+            raise InvalidUpdate(f"cannot decode update: {exc}") from exc
+        finally:
+            self._remote = False
+        for field in self.fields.values():
+            field.invalidate()
+        if self._schema_dirty:
+            self.refresh_declared()
+        for name in watched:
+            self.notify(name, olds[name], self._field_value(name), local=False)
+
+    def _field_value(self, name: str) -> Any:
+        field = self.fields.get(name)
+        return None if field is None else field._typed()
+
+    # -- schema in the doc -----------------------------------------------------------------
+
+    def declared(self) -> dict[str, dict[str, Any]]:
+        """Field descriptors found in the doc (foreign entries are skipped)."""
+        if self._schema_dirty:
+            self.refresh_declared()
+        return dict(self._declared)
+
+    def schema_meta(self) -> dict[str, Any]:
+        """Schema name and version recorded in the doc (empty if none)."""
+        raw = self._schema_root.get(SCHEMA_META_KEY)
+        try:
+            meta = _codec.loads(raw) if isinstance(raw, str) else {}
+        except ValueError:
+            meta = {}
+        return meta if isinstance(meta, dict) else {}
+
+    def refresh_declared(self) -> None:
+        """Re-read descriptors from the doc and bind fields declared by other replicas."""
+        declared: dict[str, dict[str, Any]] = {}
+        for name, raw in self._schema_root.items():
+            if name == SCHEMA_META_KEY or not isinstance(raw, str):
+                continue
+            try:
+                desc = _codec.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(desc, dict):
+                declared[name] = desc
+        self._declared = declared
+        self._schema_dirty = False
+        for name, desc in declared.items():
+            if name in self.fields:
+                continue
+            try:
+                self.fields[name] = field_from_descriptor(name, desc).bind(self, name)
+            except SchemaError:
+                continue  # reported by violations()
+
+    def missing_declarations(self) -> dict[str, str]:
+        """Descriptors this replica's schema would add or change in the doc, encoded."""
+        if self.schema is None:
+            return {}
+        declared = self.declared()
+        out: dict[str, str] = {}
+        for name, field in self.schema.__fields__.items():
+            desc = field.descriptor()
+            if declared.get(name) != desc:
+                out[name] = _codec.dumps(desc)
+        meta = {"name": self.schema.__name__, "version": self.schema.__version__}
+        if self.schema_meta() != meta:
+            out[SCHEMA_META_KEY] = _codec.dumps(meta)
+        return out
+
+    def declare_schema_entries(self, entries: dict[str, str]) -> None:
+        """Write descriptor entries into the doc (one recorded write)."""
+        if not entries:
+            return
+        root = self._schema_root
+
+        def mutate() -> None:
+            for key, value in entries.items():
+                root[key] = value
+
+        op = {"field": SCHEMA_ROOT, "op": "declare", "entries": sorted(entries)}
+        self.write(_SCHEMA_FIELD, op, mutate)
+        self.refresh_declared()
+
+    def declare(self, name: str, descriptor: dict[str, Any]) -> Field[Any]:
+        """Declare one field at run time (CLI); idempotent when the descriptor is equal.
+
+        Raises:
+            SchemaError: the descriptor is invalid, or the field exists with another one.
+        """
+        field = field_from_descriptor(name, descriptor)
+        existing = self.declared().get(name)
+        if existing is not None and existing.get("kind") != descriptor.get("kind"):
+            raise SchemaError(
+                f"field {name!r} is already declared as {existing.get('kind')}:"
+                f"{existing.get('type')}"
+            )
+        if existing != field.descriptor():
+            self.declare_schema_entries({name: _codec.dumps(field.descriptor())})
+        if name not in self.fields:
+            self.fields[name] = field.bind(self, name)
+        return self.fields[name]
+
+    def field(self, name: str) -> Field[Any]:
+        """The bound field ``name`` (declared by the schema or in the doc).
+
+        Raises:
+            UnknownFieldError: no such field.
+        """
+        if self._schema_dirty:
+            self.refresh_declared()
+        try:
+            return self.fields[name]
+        except KeyError:
+            known = ", ".join(sorted(self.fields)) or "none"
+            raise UnknownFieldError(f"unknown field {name!r} (fields: {known})") from None
+
+    def subscribe(self, name: str, callback: ChangeCallback) -> Callable[[], None]:
+        """Call ``callback`` on every change of field ``name``; returns an unsubscribe."""
+        self.field(name)
+        self._subscribers.setdefault(name, []).append(callback)
+
+        def unsubscribe() -> None:
+            callbacks = self._subscribers.get(name, [])
+            if callback in callbacks:
+                callbacks.remove(callback)
+            if not callbacks:
+                self._subscribers.pop(name, None)
+
+        return unsubscribe
+
+    # -- materialized view -----------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field's value as JSON, derived only from the doc content."""
+        if self._schema_dirty:
+            self.refresh_declared()
+        names = sorted(set(self.fields) | set(self._declared))
+        out: dict[str, Any] = {}
+        for name in names:
+            field = self.fields.get(name)
+            out[name] = None if field is None else field.raw_value()
+        return _codec.loads(_codec.dumps(out))
+
+    def digest(self) -> str:
+        """sha256 (hex) of the canonical JSON of :meth:`to_dict`.
+
+        Two replicas with equal state vectors have equal digests; anything else is a bug.
+        """
+        return hashlib.sha256(_codec.dumps(self.to_dict()).encode()).hexdigest()
+
+    def violations(self) -> list[SchemaViolation]:
+        """Everything in the doc whose shape does not fit the schema."""
+        out: list[SchemaViolation] = []
+        declared = self.declared()
+        for name, desc in declared.items():
+            try:
+                field_from_descriptor(name, desc)
+            except SchemaError as exc:
+                out.append(SchemaViolation(name, f"bad descriptor in doc: {exc}"))
+        if self.schema is not None:
+            for name, field in self.schema.__fields__.items():
+                doc_desc = declared.get(name)
+                mine = field.descriptor()
+                if doc_desc is not None and (doc_desc.get("kind"), doc_desc.get("type")) != (
+                    mine["kind"],
+                    mine["type"],
+                ):
+                    out.append(
+                        SchemaViolation(
+                            name,
+                            f"doc declares {doc_desc.get('kind')}:{doc_desc.get('type')}, "
+                            f"schema says {mine['kind']}:{mine['type']}",
+                        )
+                    )
+        for field in self.fields.values():
+            out.extend(field.violations())
+        return out
+
+
+class _SchemaField(Field[Any]):
+    """Stand-in passed to the write path for schema declarations."""
+
+    def __init__(self) -> None:
+        super().__init__(Any, None)
+        self.name = SCHEMA_ROOT
+
+
+_SCHEMA_FIELD = _SchemaField()

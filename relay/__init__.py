@@ -1,0 +1,1 @@
+"""crdtstate relay: sequences, persists and fans out Yjs updates."""
