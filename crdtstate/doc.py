@@ -72,12 +72,12 @@ class NamespaceDoc:
         self.client_id = client_id
         self.recorder: Recorder | None = None
         self.lock = threading.RLock()
-        self._doc = Doc(client_id=client_id)
+        self._doc: Doc[Any] = Doc(client_id=client_id)
         self._captured: list[bytes] = []
         self._remote = False
         self._tags = 0
         self._doc.observe(self._on_transaction)
-        self._schema_root: Map = self._doc.get(SCHEMA_ROOT, type=Map)
+        self._schema_root: Map[Any] = self._doc.get(SCHEMA_ROOT, type=Map)
         self._schema_dirty = True
         self._schema_root.observe(self._on_schema_change)
         self._subscribers: dict[str, list[ChangeCallback]] = {}
@@ -92,13 +92,15 @@ class NamespaceDoc:
 
     # -- FieldContext ----------------------------------------------------------------------
 
-    def root_map(self, name: str) -> Map:
+    def root_map(self, name: str) -> Map[Any]:
         """The root map of a field."""
-        return self._doc.get(name, type=Map)
+        root: Map[Any] = self._doc.get(name, type=Map)
+        return root
 
-    def root_array(self, name: str) -> Array:
+    def root_array(self, name: str) -> Array[Any]:
         """The root array of a field."""
-        return self._doc.get(name, type=Array)
+        root: Array[Any] = self._doc.get(name, type=Array)
+        return root
 
     def new_tag(self) -> str:
         """Unique add tag: replica id, this process's Yjs client id, a counter."""
@@ -317,7 +319,8 @@ class NamespaceDoc:
         for name in names:
             field = self.fields.get(name)
             out[name] = None if field is None else field.raw_value()
-        return _codec.loads(_codec.dumps(out))
+        copied: dict[str, Any] = _codec.loads(_codec.dumps(out))
+        return copied
 
     def digest(self) -> str:
         """sha256 (hex) of the canonical JSON of :meth:`to_dict`.

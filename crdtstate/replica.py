@@ -264,9 +264,11 @@ class Replica(Generic[S]):
         """Async iterator over the changes of field ``name`` (local and remote)."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Change] = asyncio.Queue()
-        unsubscribe = self.subscribe(
-            name, lambda change: loop.call_soon_threadsafe(queue.put_nowait, change)
-        )
+
+        def forward(change: Change) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, change)
+
+        unsubscribe = self.subscribe(name, forward)
         try:
             while True:
                 yield await queue.get()
@@ -309,6 +311,21 @@ class Replica(Generic[S]):
             InvalidUpdate: garbage, truncated or oversized bytes; state and store untouched.
         """
         self.apply_remote(update, None)
+
+    def import_update(self, update: bytes, source: str = "import") -> int:
+        """Merge state brought from elsewhere (an export file) as a local write.
+
+        Unlike :meth:`apply_update`, the bytes also enter the outbox, so the relay receives
+        them: state carried across an air gap reaches every instance. Returns the op id.
+
+        Raises:
+            InvalidUpdate: the bytes are not a usable update; nothing changed.
+        """
+        self._check_open()
+        with self._doc.lock:
+            self._doc.apply_update(update)
+            self._record(bytes(update), {"field": "*", "op": "import", "source": source})
+            return int(self._last_op_id)
 
     # -- write path ------------------------------------------------------------------------
 

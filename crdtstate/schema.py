@@ -112,7 +112,7 @@ def field_from_descriptor(name: str, descriptor: Any) -> Field[Any]:
     if not isinstance(descriptor, dict):
         raise SchemaError(f"field {name!r}: descriptor must be an object, got {descriptor!r}")
     try:
-        kind = FieldKind(descriptor.get("kind"))
+        kind = FieldKind(str(descriptor.get("kind")))
     except ValueError:
         kinds = ", ".join(k.value for k in FieldKind)
         raise SchemaError(

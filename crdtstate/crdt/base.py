@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import enum
 import functools
+import math
 import threading
 from collections.abc import Callable
 from typing import Any, ClassVar, Generic, Protocol, Self, TypeVar, cast
@@ -44,6 +45,8 @@ def locked(method: F) -> F:
 
     return cast(F, wrapper)
 
+
+_NOT_FAST: Any = object()
 
 MAX_VALUE_BYTES = 1 << 20
 """Largest canonical JSON encoding accepted for one value (1 MiB)."""
@@ -112,9 +115,9 @@ class FieldContext(Protocol):
     clock: HybridClock
     lock: threading.RLock
 
-    def root_map(self, name: str) -> Map: ...
+    def root_map(self, name: str) -> Map[Any]: ...
 
-    def root_array(self, name: str) -> Array: ...
+    def root_array(self, name: str) -> Array[Any]: ...
 
     def write(self, field: Field[Any], op: dict[str, Any], mutate: Callable[[], None]) -> None:
         """Run ``mutate`` in one transaction and record it as the semantic operation ``op``."""
@@ -209,6 +212,9 @@ class Field(Generic[T]):
         Raises:
             ValidationError: the value does not fit the field's type or is too large.
         """
+        fast = self._fast_json(value)
+        if fast is not _NOT_FAST:
+            return fast
         try:
             checked = self._adapter.validate_python(value, strict=True)
             as_json = self._adapter.dump_python(checked, mode="json")
@@ -222,6 +228,23 @@ class Field(Generic[T]):
                 self.name, f"value is {len(encoded)} bytes encoded, over {MAX_VALUE_BYTES}"
             )
         return as_json
+
+    def _fast_json(self, value: Any) -> Any:
+        """Validate primitive values without pydantic (the hot write path).
+
+        Returns :data:`_NOT_FAST` when the general path must decide (rich types, errors).
+        """
+        vt = self.json_type
+        kind = type(value)
+        if vt is ValueType.BOOL and kind is bool:
+            return value
+        if vt is ValueType.INT and kind is int:
+            return value
+        if vt is ValueType.FLOAT and kind is float and math.isfinite(value):
+            return value
+        if vt is ValueType.STR and kind is str and len(value) * 4 <= MAX_VALUE_BYTES:
+            return value
+        return _NOT_FAST
 
     def from_json(self, value: Any) -> Any:
         """Turn a JSON value read from the doc into a typed value (raises on mismatch)."""

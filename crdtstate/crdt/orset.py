@@ -53,7 +53,7 @@ class ORSet(Field[T]):
         index: dict[str, list[str]] = {}
         decoded: dict[str, Any] = {}
         problems: list[SchemaViolation] = []
-        for key in self._root:
+        for key in self._root.keys():  # noqa: SIM118 (typed as Iterable, iterated once)
             element, sep, tag = key.rpartition(TAG_SEP)
             if not sep or not tag:
                 problems.append(SchemaViolation(self.name, "foreign set entry", key=key))

@@ -135,8 +135,8 @@ class LWWMap(Field[T], Generic[K, T]):
         self,
         value_type: type[T],
         *,
-        key_type: type[K] = str,
-        doc: str = "",  # type: ignore[assignment]
+        key_type: type[K] = str,  # type: ignore[assignment]
+        doc: str = "",
     ) -> None:
         super().__init__(value_type, None, doc=doc)
         self.key_type: type[K] = key_type

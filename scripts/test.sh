@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs crdtstate with its test tools into .venv (idempotent) and runs every check:
+# ruff, mypy, the test suite (unit, property, contract, integration, chaos, simulation).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test,dev,nats]'
+echo "== ruff"
+.venv/bin/ruff check crdtstate relay chaos tests bench
+echo "== mypy"
+.venv/bin/mypy
+echo "== pytest"
+.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
