@@ -91,7 +91,8 @@ __all__ = [
     "TransportError",
     "UnknownFieldError",
     "ValidationError",
-    "WrongKindError",
     "ValueType",
+    "WrongKindError",
     "__version__",
+    "schema_from_descriptor",
 ]

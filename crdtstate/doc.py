@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pycrdt import Array, Doc, Map
+from pycrdt import Array, Doc, Map, get_update
 
 from crdtstate import _codec
 from crdtstate.crdt.base import Field
@@ -32,6 +32,13 @@ SCHEMA_META_KEY = "@schema"
 
 MAX_UPDATE_BYTES = 64 << 20
 """Largest update accepted by :meth:`NamespaceDoc.apply_update` (64 MiB)."""
+
+MAX_UNSETTLED_UPDATES = 1024
+"""Remote updates kept for re-application while their items are not all integrated."""
+
+MAX_UNSETTLED_BYTES = 64 << 20
+"""... and their total size."""
+
 
 Recorder = Callable[[bytes, dict[str, Any]], None]
 
@@ -71,9 +78,13 @@ class NamespaceDoc:
         self.clock = clock
         self.client_id = client_id
         self.recorder: Recorder | None = None
+        self.write_guard: Callable[[], None] | None = None
         self.lock = threading.RLock()
         self._doc: Doc[Any] = Doc(client_id=client_id)
         self._captured: list[bytes] = []
+        self._unsettled: list[bytes] = []
+        self._empty = True  # nothing written or applied yet
+        self._dropped_unsettled = False
         self._remote = False
         self._tags = 0
         self._doc.observe(self._on_transaction)
@@ -108,14 +119,27 @@ class NamespaceDoc:
         return f"{self.replica_id}.{self.client_id:x}.{self._tags}"
 
     def write(self, field: Field[Any], op: dict[str, Any], mutate: Callable[[], None]) -> None:
-        """Run ``mutate`` in one transaction and hand its update and ``op`` to the recorder."""
+        """Run ``mutate`` in one transaction and hand its update and ``op`` to the recorder.
+
+        ``write_guard`` (when set) runs first and may raise to refuse the write before the
+        doc changes (the replica refuses writes once closed).
+        """
+        if self.write_guard is not None:
+            self.write_guard()
+        self._empty = False
         captured = self._captured
         captured.clear()
         with self._doc.transaction():
             mutate()
         if captured and self.recorder is not None:
             update = captured[0] if len(captured) == 1 else b"".join(captured)
-            self.recorder(update, op)
+            try:
+                self.recorder(update, op)
+            except BaseException:
+                # The doc holds the change even though recording failed: the field's cached
+                # value must not hide it.
+                field.invalidate()
+                raise
 
     def has_subscribers(self, name: str) -> bool:
         """Whether anyone listens to changes of field ``name``."""
@@ -173,13 +197,21 @@ class NamespaceDoc:
             raise InvalidUpdate(f"update of {len(update)} bytes is truncated")
         watched = list(self._subscribers) if notify else []
         olds = {name: self._field_value(name) for name in watched}
+        data = bytes(update)
+        # Progress can only be seen against the vector from before, needed only when
+        # updates are held; an empty doc (recovery's snapshot) needs no check at all.
+        was_empty = self._empty
+        sv_before = self._doc.get_state() if self._unsettled else None
         self._remote = True
         try:
-            self._doc.apply_update(bytes(update))
-        except BaseException as exc:
-            if isinstance(exc, KeyboardInterrupt | SystemExit):
-                raise
-            raise InvalidUpdate(f"cannot decode update: {exc}") from exc
+            try:
+                self._doc.apply_update(data)
+            except BaseException as exc:
+                if isinstance(exc, KeyboardInterrupt | SystemExit):
+                    raise
+                raise InvalidUpdate(f"cannot decode update: {exc}") from exc
+            self._empty = False
+            self._settle(data, was_empty, sv_before)
         finally:
             self._remote = False
         for field in self.fields.values():
@@ -188,6 +220,73 @@ class NamespaceDoc:
             self.refresh_declared()
         for name in watched:
             self.notify(name, olds[name], self._field_value(name), local=False)
+
+    def _integrated(self, update: bytes, state_vector: bytes | None = None) -> bool:
+        """Whether every item of ``update`` is integrated (none pending, none past a hole).
+
+        An update Yrs applied but cannot diff counts as integrated: it cannot be helped.
+        """
+        sv = self._doc.get_state() if state_vector is None else state_vector
+        try:
+            missing = get_update(update, sv)
+        except BaseException as exc:  # pycrdt raises ValueError; a Rust panic is a BaseException
+            if isinstance(exc, KeyboardInterrupt | SystemExit):
+                raise
+            return True
+        return missing[:1] == b"\x00"  # no struct the doc lacks
+
+    def _settle(self, update: bytes, was_empty: bool, sv_before: bytes | None) -> None:
+        """Keep remote updates whose items are not all integrated, and re-apply them.
+
+        pycrdt 0.14 embeds yrs 0.27+, which integrates an item that arrives ahead of its
+        writer's earlier items (a hole in that writer's clocks) as soon as its origins
+        are present (y-crdt issue 632); the state vector stops at the hole. Two problems
+        follow. The content runs ahead of the state vector, so equal state vectors no
+        longer imply equal content while a hole is open (see :attr:`settled`). And an
+        update filling a hole can be lost: applying [a=y (overwrites a=x)], [c=z], then
+        [a=x] leaves ``a`` missing for good, where applying the middle update again
+        integrates it. So an update not fully integrated is kept (within
+        :data:`MAX_UNSETTLED_UPDATES` and :data:`MAX_UNSETTLED_BYTES`; beyond, the oldest
+        is dropped and the doc stays unsettled) and applied again whenever a later update
+        moved the state vector, until it is integrated.
+
+        A full state applied to an empty doc (a snapshot at recovery) is not checked:
+        the check would decode the whole snapshot a second time.
+        """
+        sv_after = self._doc.get_state()
+        if not was_empty and not self._integrated(update, sv_after):
+            self._unsettled.append(update)
+            while len(self._unsettled) > MAX_UNSETTLED_UPDATES or (
+                len(self._unsettled) > 1 and sum(map(len, self._unsettled)) > MAX_UNSETTLED_BYTES
+            ):
+                del self._unsettled[0]
+                self._dropped_unsettled = True
+        if sv_before is None or sv_after == sv_before:
+            return  # nothing was held before, or nothing new was integrated: nothing to retry
+        just_applied: bytes | None = update
+        for _ in range(len(self._unsettled)):  # every round but the last settles one more
+            remaining: list[bytes] = []
+            for held in self._unsettled:
+                if held is not just_applied:
+                    self._doc.apply_update(held)
+                if not self._integrated(held):
+                    remaining.append(held)
+            progressed = len(remaining) < len(self._unsettled)
+            self._unsettled = remaining
+            just_applied = None
+            if not progressed or not remaining:
+                break
+
+    @property
+    def settled(self) -> bool:
+        """Whether every remote update applied so far is fully integrated.
+
+        While ``False`` the doc may hold items beyond its state vector (or wait for
+        missing ones): comparing state vectors says nothing about content then. A state
+        vector sync with any peer that has the missing updates settles it. A full state
+        applied to an empty doc (a snapshot at recovery) is taken as complete.
+        """
+        return not self._unsettled and not self._dropped_unsettled
 
     def _field_value(self, name: str) -> Any:
         field = self.fields.get(name)
@@ -262,20 +361,28 @@ class NamespaceDoc:
         self.refresh_declared()
 
     def declare(self, name: str, descriptor: dict[str, Any]) -> Field[Any]:
-        """Declare one field at run time (CLI); idempotent when the descriptor is equal.
+        """Declare one field at run time (CLI); idempotent when kind and type match.
+
+        A field already declared with the same kind and type keeps its declaration (its
+        default included): the doc is not written again.
 
         Raises:
-            SchemaError: the descriptor is invalid, or the field exists with another one.
+            SchemaError: the descriptor is invalid, or the field is declared with another
+                kind or type.
         """
         field = field_from_descriptor(name, descriptor)
+        wanted = field.descriptor()
         existing = self.declared().get(name)
-        if existing is not None and existing.get("kind") != descriptor.get("kind"):
+        if existing is not None and (existing.get("kind"), existing.get("type", "json")) != (
+            wanted["kind"],
+            wanted["type"],
+        ):
             raise SchemaError(
                 f"field {name!r} is already declared as {existing.get('kind')}:"
-                f"{existing.get('type')}"
+                f"{existing.get('type')}, not {wanted['kind']}:{wanted['type']}"
             )
-        if existing != field.descriptor():
-            self.declare_schema_entries({name: _codec.dumps(field.descriptor())})
+        if existing is None:
+            self.declare_schema_entries({name: _codec.dumps(wanted)})
         if name not in self.fields:
             self.fields[name] = field.bind(self, name)
         return self.fields[name]
@@ -333,6 +440,11 @@ class NamespaceDoc:
         """Everything in the doc whose shape does not fit the schema."""
         out: list[SchemaViolation] = []
         declared = self.declared()
+        for name in self._schema_root.keys():  # noqa: SIM118 (typed as Iterable)
+            if name not in declared and name != SCHEMA_META_KEY:
+                out.append(SchemaViolation(name, "descriptor in doc is not a JSON object"))
+        if SCHEMA_META_KEY in self._schema_root and not self.schema_meta():
+            out.append(SchemaViolation(SCHEMA_ROOT, "schema metadata is not a JSON object"))
         for name, desc in declared.items():
             try:
                 field_from_descriptor(name, desc)

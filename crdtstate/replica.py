@@ -18,7 +18,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
@@ -90,6 +90,7 @@ class Replica(Generic[S]):
         self.state: S = cast(S, doc.state)
         store.add_durable_listener(self._on_durable)
         doc.recorder = self._record
+        doc.write_guard = self._check_open  # a closed replica refuses writes before the doc changes
 
     # -- opening and closing ---------------------------------------------------------------
 
@@ -131,10 +132,16 @@ class Replica(Generic[S]):
             ValueError: invalid namespace or durability.
         """
         ns = validate_namespace(namespace)
+        try:
+            mode = Durability(durability)
+        except ValueError:  # checked before anything is created on disk
+            raise ValueError(
+                f"durability must be one of {[d.value for d in Durability]}, got {durability!r}"
+            ) from None
         root = Path(data_dir)
         identity = load_or_create_identity(root, replica_id)
         if store is None:
-            store = open_store(root / f"{ns}.sqlite3", Durability(durability))
+            store = open_store(root / f"{ns}.sqlite3", mode)
         try:
             started = time.perf_counter()
             loaded = store.load()
@@ -260,7 +267,7 @@ class Replica(Generic[S]):
         with self._doc.lock:
             return self._doc.subscribe(name, callback)
 
-    async def watch(self, name: str) -> AsyncIterator[Change]:
+    async def watch(self, name: str) -> AsyncGenerator[Change, None]:
         """Async iterator over the changes of field ``name`` (local and remote)."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Change] = asyncio.Queue()

@@ -41,12 +41,21 @@ _DEFAULTS: dict[ValueType, Any] = {
 }
 
 
+_RESERVED_NAMES = frozenset({"fields", "descriptor"})
+"""Names of :class:`Schema`'s own methods: a field so named would hide them."""
+
+
 def validate_field_name(name: str) -> str:
     """Return ``name`` if it can name a field, else raise :class:`SchemaError` saying why."""
     if not isinstance(name, str) or not _FIELD_NAME_RE.match(name) or keyword.iskeyword(name):
         raise SchemaError(
             f"invalid field name {name!r}: use a letter then letters, digits or '_' "
             "(at most 64 characters, not a Python keyword)"
+        )
+    if name in _RESERVED_NAMES:
+        raise SchemaError(
+            f"invalid field name {name!r}: reserved (Schema.{name}() is a method); "
+            "choose another name"
         )
     return name
 
@@ -154,6 +163,8 @@ def schema_from_descriptor(descriptor: dict[str, Any], name: str = "DynamicSchem
     Raises:
         SchemaError: a field descriptor is invalid.
     """
+    if not isinstance(descriptor, dict):
+        raise SchemaError(f"schema descriptor must be an object, got {type(descriptor).__name__}")
     fields = descriptor.get("fields", {})
     if not isinstance(fields, dict):
         raise SchemaError("schema descriptor: 'fields' must be an object")

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar, Generic, Protocol, Self, TypeVar, cast
 
 from pycrdt import Array, Map
-from pydantic import TypeAdapter
+from pydantic import ConfigDict, PydanticUserError, TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
 
 from crdtstate import _codec
@@ -47,6 +47,33 @@ def locked(method: F) -> F:
 
 
 _NOT_FAST: Any = object()
+
+_FAST_INT_LIMIT = 1 << 63
+"""Larger integers take the general path, which checks they encode as JSON at all."""
+
+
+def short_repr(value: Any, limit: int = 60) -> str:
+    """``repr`` for error messages: cut to ``limit`` characters, never raising.
+
+    (``repr`` of an int beyond Python's digit limit raises ``ValueError``.)
+    """
+    try:
+        text = repr(value)
+    except Exception:
+        return f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def is_utf8_text(text: str) -> bool:
+    """Whether ``text`` encodes as UTF-8 (no lone surrogates), as Yrs requires."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
 
 MAX_VALUE_BYTES = 1 << 20
 """Largest canonical JSON encoding accepted for one value (1 MiB)."""
@@ -140,6 +167,8 @@ class Field(Generic[T]):
     """
 
     kind: ClassVar[FieldKind]
+    root_kind: ClassVar[str] = "map"
+    """Yjs shape of the field's root type: ``"map"`` or ``"array"``."""
 
     def __init__(self, value_type: Any, default: Any, *, doc: str = "") -> None:
         self.value_type: Any = value_type
@@ -148,7 +177,7 @@ class Field(Generic[T]):
         self.doc = doc
         self.name: str = ""
         self._ctx: FieldContext | None = None
-        self._adapter: TypeAdapter[Any] = TypeAdapter(value_type)
+        self._adapter: TypeAdapter[Any] = _type_adapter(value_type)
         self._cache: tuple[Any, list[SchemaViolation]] | None = None
         self._typed_cache: tuple[Any, list[SchemaViolation]] | None = None
         if default is not None or self._accepts_none():
@@ -218,9 +247,14 @@ class Field(Generic[T]):
         try:
             checked = self._adapter.validate_python(value, strict=True)
             as_json = self._adapter.dump_python(checked, mode="json")
-            encoded = _codec.dumps(as_json)
+            # Yrs stores UTF-8: a lone surrogate would make pycrdt panic mid-transaction.
+            encoded = _codec.dumps(as_json).encode("utf-8")
         except PydanticValidationError as exc:
             raise ValidationError(self.name, _first_error(exc)) from exc
+        except UnicodeEncodeError as exc:
+            raise ValidationError(
+                self.name, f"value holds text that is not valid Unicode: {exc.reason}"
+            ) from exc
         except (TypeError, ValueError) as exc:
             raise ValidationError(self.name, f"value is not representable as JSON: {exc}") from exc
         if len(encoded) > MAX_VALUE_BYTES:
@@ -238,11 +272,16 @@ class Field(Generic[T]):
         kind = type(value)
         if vt is ValueType.BOOL and kind is bool:
             return value
-        if vt is ValueType.INT and kind is int:
+        if vt is ValueType.INT and kind is int and -_FAST_INT_LIMIT < value < _FAST_INT_LIMIT:
             return value
         if vt is ValueType.FLOAT and kind is float and math.isfinite(value):
             return value
-        if vt is ValueType.STR and kind is str and len(value) * 4 <= MAX_VALUE_BYTES:
+        if (
+            vt is ValueType.STR
+            and kind is str
+            and len(value) * 4 <= MAX_VALUE_BYTES
+            and is_utf8_text(value)
+        ):
             return value
         return _NOT_FAST
 
@@ -288,7 +327,22 @@ class Field(Generic[T]):
         """Foreign-shaped content found in this field's part of the doc."""
         self._typed()
         assert self._typed_cache is not None
-        return [*self._materialized()[1], *self._typed_cache[1]]
+        return [*self._materialized()[1], *self._typed_cache[1], *self._other_half_violations()]
+
+    def _other_half_violations(self) -> list[SchemaViolation]:
+        """Report content written to this field's root as the other Yjs kind.
+
+        A Yjs root type has a list half and a map half; a foreign writer using our map root
+        as an array (or our array root as a map) fills the half our reads never look at.
+        """
+        ctx = self.ctx
+        if self.root_kind == "array":
+            count, what = len(ctx.root_map(self.name)), "map entries in an array-based field"
+        else:
+            count, what = len(ctx.root_array(self.name)), "list items in a map-based field"
+        if count == 0:
+            return []
+        return [SchemaViolation(self.name, f"{count} {what} (written as another kind)")]
 
     def _typed(self) -> Any:
         if self._typed_cache is None:
@@ -307,6 +361,22 @@ class Field(Generic[T]):
     def __repr__(self) -> str:
         state = "bound" if self._ctx is not None else "declared"
         return f"<{type(self).__name__} {self.name!r} {state}>"
+
+
+_KEEP_NON_FINITE = ConfigDict(ser_json_inf_nan="constants")
+
+
+def _type_adapter(value_type: Any) -> TypeAdapter[Any]:
+    """Validator of ``value_type`` whose JSON dump keeps NaN and infinity as they are.
+
+    Pydantic's default dumps them as ``null`` inside dicts and lists: a silent change of
+    the value. Kept, they fail the canonical JSON encoding and the write is refused.
+    Models, dataclasses and TypedDicts bring their own config and keep it.
+    """
+    try:
+        return TypeAdapter(value_type, config=_KEEP_NON_FINITE)
+    except PydanticUserError:
+        return TypeAdapter(value_type)
 
 
 def _first_error(exc: PydanticValidationError) -> str:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from crdtstate import _codec
-from crdtstate.crdt.base import Field, FieldKind, locked
+from crdtstate.crdt.base import Field, FieldKind, locked, short_repr
 from crdtstate.errors import SchemaViolation, ValidationError
 
 MAX_STEP = 1 << 53
@@ -69,11 +69,12 @@ class _SlotCounter(Field[int]):
     def _bump(self, prefix: str, n: int, op: str) -> None:
         if isinstance(n, bool) or not isinstance(n, int) or not 0 < n <= MAX_STEP:
             raise ValidationError(
-                self.name, f"{op} takes an integer from 1 to {MAX_STEP}, got {n!r}"
+                self.name, f"{op} takes an integer from 1 to {MAX_STEP}, got {short_repr(n)}"
             )
         ctx = self.ctx
         value, violations = self._materialized()
         key = prefix + ctx.replica_id
+        violations = [v for v in violations if v.key != key]  # a foreign own slot is overwritten
         encoded = _codec.dumps(self._own_total(prefix) + n)
         root = self._root
 

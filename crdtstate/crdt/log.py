@@ -33,10 +33,12 @@ class Log(Field[T]):
     """Append-only sequence with one identical order on every replica after convergence."""
 
     kind = FieldKind.LOG
+    root_kind = "array"
 
     def __init__(self, value_type: type[T], *, doc: str = "") -> None:
         super().__init__(value_type, None, doc=doc)
         self._stamps: list[Stamp] = []
+        self._typed_stamps: list[Stamp] = []
 
     def default_json(self) -> Any:
         return []
@@ -44,6 +46,7 @@ class Log(Field[T]):
     def _bind_root(self) -> None:
         self._root = self.ctx.root_array(self.name)
         self._stamps = []
+        self._typed_stamps = []
 
     def _materialize(self) -> tuple[Any, list[SchemaViolation]]:
         values: list[Any] = []
@@ -61,12 +64,18 @@ class Log(Field[T]):
 
     def _convert(self, raw: Any) -> tuple[Any, list[SchemaViolation]]:
         out: list[Any] = []
+        stamps: list[Stamp] = []
         problems: list[SchemaViolation] = []
-        for position, value in enumerate(raw):
+        # raw and self._stamps are parallel (both built by _materialize, both extended by
+        # append); keep the stamps of the entries that convert, so entries() pairs them right.
+        for position, (value, stamp) in enumerate(zip(raw, self._stamps, strict=True)):
             try:
                 out.append(self.from_json(value))
             except (ValueError, TypeError) as exc:
                 problems.append(SchemaViolation(self.name, f"entry {position} does not fit: {exc}"))
+                continue
+            stamps.append(stamp)
+        self._typed_stamps = stamps
         return out, problems
 
     @property
@@ -79,7 +88,7 @@ class Log(Field[T]):
     def entries(self) -> list[LogEntry[T]]:
         """Every entry with the stamp of its append, in log order."""
         values = self.value
-        return [LogEntry(v, s) for v, s in zip(values, self._stamps, strict=False)]
+        return [LogEntry(v, s) for v, s in zip(values, self._typed_stamps, strict=True)]
 
     @locked
     def __iter__(self) -> Iterator[T]:
@@ -87,7 +96,8 @@ class Log(Field[T]):
 
     @locked
     def __len__(self) -> int:
-        return len(self._materialized()[0])
+        """Number of entries in :attr:`value` (foreign entries are not counted)."""
+        return len(self._typed())
 
     @locked
     def append(self, value: T) -> Stamp:

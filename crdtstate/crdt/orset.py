@@ -9,6 +9,12 @@ observed with one fresh tag, which keeps the set small without changing the sema
 
 Element identity is the canonical JSON encoding, so ``1`` and ``1.0`` are one element only
 if they encode alike (they do not: JSON keeps the distinction).
+
+A remove also overwrites its writer's *remove mark* (key ``"\\x1e<replica id>"``, value: the
+remove's HLC). Deleting keys alone adds nothing to the Yjs state vector, so without the mark
+a replica that had not yet seen a remove would have the same state vector as one that had,
+and different contents: the drift check (equal state vectors => equal digests) relies on
+every write creating an item. Marks are not elements and are skipped when reading.
 """
 
 from __future__ import annotations
@@ -24,6 +30,9 @@ from crdtstate.errors import SchemaViolation
 T = TypeVar("T")
 
 TAG_SEP = "\x1f"
+
+REMOVE_MARK = "\x1e"
+"""Prefix of the per-replica remove-mark keys; no canonical JSON text starts with it."""
 
 
 class ORSet(Field[T]):
@@ -54,6 +63,8 @@ class ORSet(Field[T]):
         decoded: dict[str, Any] = {}
         problems: list[SchemaViolation] = []
         for key in self._root.keys():  # noqa: SIM118 (typed as Iterable, iterated once)
+            if key.startswith(REMOVE_MARK):
+                continue
             element, sep, tag = key.rpartition(TAG_SEP)
             if not sep or not tag:
                 problems.append(SchemaViolation(self.name, "foreign set entry", key=key))
@@ -164,11 +175,15 @@ class ORSet(Field[T]):
         observed = list(self._index.get(element_text, ()))
         if not observed:
             return False
+        ctx = self.ctx
+        wall_ms, counter = ctx.clock.tick()
+        mark_key, mark = REMOVE_MARK + ctx.replica_id, _codec.dumps([wall_ms, counter])
         root = self._root
 
         def mutate() -> None:
             for key in observed:
                 del root[key]
+            root[mark_key] = mark  # advances the state vector (see the module docstring)
 
         op = {
             "field": self.name,

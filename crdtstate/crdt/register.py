@@ -19,7 +19,16 @@ from typing import Any, Generic, TypeVar, cast
 from pydantic import TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
 
-from crdtstate.crdt.base import DELETED, Field, FieldKind, json_value_fits, locked, parse_stamped
+from crdtstate.crdt.base import (
+    DELETED,
+    Field,
+    FieldKind,
+    is_utf8_text,
+    json_value_fits,
+    locked,
+    parse_stamped,
+    short_repr,
+)
 from crdtstate.errors import SchemaViolation, ValidationError
 from crdtstate.hlc import Stamp
 
@@ -107,6 +116,7 @@ class LWWRegister(Field[T]):
         wall_ms, counter = ctx.clock.tick()
         encoded = self._encode([wall_ms, counter, as_json])
         root, writer = self._root, ctx.replica_id
+        violations = [v for v in violations if v.key != writer]  # a foreign own slot is overwritten
 
         def mutate() -> None:
             root[writer] = encoded
@@ -160,12 +170,17 @@ class LWWMap(Field[T], Generic[K, T]):
             checked = self._key_adapter.validate_python(key, strict=True)
         except PydanticValidationError as exc:
             raise ValidationError(
-                self.name, f"bad key {key!r}: expected {self.key_type.__name__}"
+                self.name, f"bad key {short_repr(key)}: expected {self.key_type.__name__}"
             ) from exc
-        text = str(checked)
-        if SLOT_SEP in text or len(text) > MAX_KEY_CHARS:
+        try:
+            text = str(checked)
+        except ValueError as exc:  # an int beyond Python's digit limit
+            raise ValidationError(self.name, f"bad key: {exc}") from exc
+        if SLOT_SEP in text or len(text) > MAX_KEY_CHARS or not is_utf8_text(text):
             raise ValidationError(
-                self.name, f"bad key {text[:40]!r}: no \\x1f, at most {MAX_KEY_CHARS} characters"
+                self.name,
+                f"bad key {text[:40]!r}: valid Unicode, no \\x1f, "
+                f"at most {MAX_KEY_CHARS} characters",
             )
         return text
 
@@ -259,6 +274,7 @@ class LWWMap(Field[T], Generic[K, T]):
         slot = [wall_ms, counter, as_json] if present else [wall_ms, counter]
         encoded = self._encode(slot)
         root, slot_key = self._root, f"{key_text}{SLOT_SEP}{ctx.replica_id}"
+        violations = [v for v in violations if v.key != slot_key]  # overwritten if foreign
 
         def mutate() -> None:
             root[slot_key] = encoded
