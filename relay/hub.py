@@ -1,0 +1,785 @@
+"""Live namespaces: the materialized doc, subscribers, fan-out, catch-up, takeovers.
+
+A :class:`LiveNamespace` is loaded (snapshot + log tail) on first use and holds the pycrdt
+doc every accepted update is applied to, the connections subscribed to it, a ring of recently
+encoded broadcasts for cheap catch-up, awareness states and the latest heartbeat of each
+replica. Updates are checked and applied here, then committed by the namespace's
+:class:`~relay.sequencer.Sequencer`; only after the commit are they acknowledged and fanned
+out (each broadcast encoded once, its bytes queued on every other subscriber).
+
+The :class:`Hub` owns the set of live namespaces: loading, the cap on namespaces in memory,
+idle eviction, periodic snapshots and draining on shutdown.
+
+Must not import ``crdtstate.sync.client``, ``crdtstate.replica`` or aiohttp.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from pycrdt import Doc
+
+from crdtstate._ids import Namespace, OpId, ReplicaId, Seq
+from crdtstate.sync import wire
+from relay.auth import SignatureVerifier, TokenBucket
+from relay.backend.base import AppendResult, Backend, BackendError, NewEntry
+from relay.compaction import SnapshotOutcome, take_snapshot
+from relay.config import Access, RelaySettings, ResolvedPolicy
+from relay.metrics import RelayMetrics
+from relay.peer import Peer, PeerKind
+from relay.sequencer import Pending, Sequencer
+
+__all__ = ["Hub", "LiveNamespace", "OverloadedError", "Refusal"]
+
+_log = logging.getLogger("relay.hub")
+
+_SPLIT_BRAIN_WINDOW_S: Final = 60.0
+_TAKEOVER_HISTORY: Final = 8
+_LOAD_CHUNK: Final = 10000
+_HEARTBEAT_BYTES_MAX: Final = 64 * 1024
+_NO_OP: Final = OpId(0)
+_EMPTY_STATE_VECTOR: Final = b"\x00"
+
+
+class OverloadedError(Exception):
+    """No room for another namespace in memory (every loaded one is in use)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a frame was refused, and what to do to the connection.
+
+    Attributes:
+        code: the error code sent in an error frame.
+        message: for a person.
+        reason: metric label.
+        close: close the connection with this code after the error frame, or None.
+        op_id: the refused update's op id.
+    """
+
+    code: wire.ErrorCode
+    message: str
+    reason: str
+    close: wire.CloseCode | None = None
+    op_id: OpId = _NO_OP
+
+
+def _apply(doc: Doc[Any], update: bytes) -> str | None:
+    """Apply ``update``; return why it failed, or None. The doc is unchanged on failure."""
+    try:
+        doc.apply_update(update)
+    except (KeyboardInterrupt, SystemExit, asyncio.CancelledError, GeneratorExit):
+        raise
+    except BaseException as exc:  # pycrdt raises ValueError; a Rust panic is a BaseException
+        return f"{type(exc).__name__}: {exc}"[:300]
+    return None
+
+
+class LiveNamespace:
+    """One loaded namespace. Created by :meth:`Hub.acquire`."""
+
+    def __init__(
+        self,
+        name: Namespace,
+        incarnation: str,
+        head: Seq,
+        doc: Doc[Any],
+        doc_bytes: int,
+        snapshot_seq: Seq,
+        settings: RelaySettings,
+        backend: Backend,
+        metrics: RelayMetrics,
+        verifier: SignatureVerifier,
+    ) -> None:
+        self.name = name
+        self.incarnation = incarnation
+        self.head = head
+        self.doc = doc
+        self.doc_bytes = doc_bytes
+        self.snapshot_seq = snapshot_seq
+        self.snapshot_at = time.monotonic()
+        self.settings = settings
+        self.policy: ResolvedPolicy = settings.policy_for(name)
+        self.backend = backend
+        self.metrics = metrics
+        self.verifier = verifier
+        self.peers: set[Peer] = set()
+        self.replicas_live: dict[ReplicaId, Peer] = {}
+        self.keys: dict[ReplicaId, bytes] = {}
+        self.heartbeats: dict[ReplicaId, dict[str, Any]] = {}
+        self.refs = 0
+        self.last_active = time.monotonic()
+        self.failed = False
+        limits = settings.limits
+        self._ring: deque[tuple[int, bytes]] = deque()
+        self._ring_bytes = 0
+        self._ring_entries_max = limits.catchup_ring_entries
+        self._ring_bytes_max = limits.catchup_ring_bytes
+        self._awareness: dict[int, tuple[int, str, Peer]] = {}
+        self._full_frame: tuple[int, int, bytes] | None = None
+        self._takeovers: dict[ReplicaId, deque[tuple[str, float]]] = {}
+        self._bucket = TokenBucket(
+            self.policy.updates_per_s, self.policy.updates_burst, time.monotonic()
+        )
+        self.sequencer = Sequencer(
+            name,
+            backend,
+            self._on_committed,
+            self._on_failed,
+            metrics,
+            batch_max=limits.commit_batch_max,
+            pending_max=limits.pending_updates_max,
+        )
+        self.on_failure: Callable[[LiveNamespace], None] = lambda _ns: None
+
+    # -- connections ------------------------------------------------------------------------
+
+    def attach(self, peer: Peer) -> None:
+        """Add a connection: send it our sync step 1 and the awareness states, like
+        y-websocket's server does on connect."""
+        self.peers.add(peer)
+        self.refs += 1
+        self.last_active = time.monotonic()
+        peer.head_seq = lambda: self.head
+        peer.send(wire.encode(wire.SyncStep1(self.doc.get_state())))
+        if self._awareness:
+            peer.send(self._awareness_frame(None))
+
+    def detach(self, peer: Peer) -> None:
+        """Remove a connection; announce its awareness clients as gone."""
+        self.peers.discard(peer)
+        self.refs -= 1
+        self.last_active = time.monotonic()
+        if peer.replica_id is not None and self.replicas_live.get(peer.replica_id) is peer:
+            del self.replicas_live[peer.replica_id]
+        gone = [
+            wire.AwarenessEntry(cid, self._awareness[cid][0] + 1, "null")
+            for cid in peer.awareness_ids
+            if cid in self._awareness and self._awareness[cid][2] is peer
+        ]
+        for entry in gone:
+            del self._awareness[entry.client_id]
+        if gone:
+            frame = wire.encode(wire.Awareness(wire.encode_awareness_update(gone)))
+            for other in self.peers:
+                if other.kind is not PeerKind.PENDING:
+                    other.send(frame)
+
+    def answer_step1(self, peer: Peer, state_vector: bytes) -> Refusal | None:
+        """Answer a sync step 1 with our diff; a pending connection becomes a Yjs one."""
+        try:
+            diff = self.doc.get_update(state_vector)
+        except ValueError as exc:
+            return Refusal(
+                wire.ErrorCode.MALFORMED, f"bad state vector: {exc}"[:200], "bad_state_vector"
+            )
+        self.mark_yjs(peer)
+        peer.send(wire.encode(wire.SyncStep2(diff)))
+        return None
+
+    def mark_yjs(self, peer: Peer) -> None:
+        """A pending connection that speaks y-protocols starts receiving Yjs updates."""
+        if peer.kind is PeerKind.PENDING:
+            peer.kind = PeerKind.YJS
+            self.metrics.connections.labels("pending").dec()
+            self.metrics.connections.labels("yjs").inc()
+
+    async def hello(self, peer: Peer, hello: wire.Hello) -> Refusal | None:
+        """Make ``peer`` a replica subscriber: bind its key, take over, send catch-up."""
+        version = wire.negotiate_version(hello.version)
+        if version is None:
+            return Refusal(
+                wire.ErrorCode.UNSUPPORTED_VERSION,
+                f"protocol version {hello.version} unsupported; relay speaks "
+                f"{wire.PROTOCOL_VERSION_MIN}..{wire.PROTOCOL_VERSION}",
+                "unsupported_version",
+                wire.CloseCode.UNSUPPORTED_VERSION,
+            )
+        if peer.replica_id is not None and (
+            peer.replica_id != hello.replica_id or peer.public_key != hello.public_key
+        ):
+            return Refusal(
+                wire.ErrorCode.IDENTITY_CONFLICT,
+                "a second hello on a connection must repeat its replica id and key",
+                "identity_conflict",
+                wire.CloseCode.IDENTITY_CONFLICT,
+            )
+        bound = self.keys.get(hello.replica_id)
+        if bound is None:
+            try:
+                bound = await self.backend.bind_replica(
+                    self.name, hello.replica_id, hello.public_key, time.time()
+                )
+            except BackendError as exc:
+                return Refusal(wire.ErrorCode.INTERNAL, f"storage: {exc}"[:200], "storage")
+            self.keys[hello.replica_id] = bound
+        if bound != hello.public_key:
+            return Refusal(
+                wire.ErrorCode.IDENTITY_CONFLICT,
+                f"replica id {hello.replica_id!r} is bound to another public key",
+                "identity_conflict",
+                wire.CloseCode.IDENTITY_CONFLICT,
+            )
+        if peer.closing or self.failed:
+            return None
+        self._take_over(peer, hello)
+        if peer.kind is not PeerKind.REPLICA:
+            self.metrics.connections.labels(peer.kind.value).dec()
+            self.metrics.connections.labels("replica").inc()
+        peer.kind = PeerKind.REPLICA
+        peer.replica_id = hello.replica_id
+        peer.public_key = hello.public_key
+        peer.instance = hello.instance
+        # From here to the end no await: the catch-up and the live stream join exactly at
+        # ``head`` because commits (which advance head) cannot run in between.
+        peer.reset_queue()
+        peer.send(wire.encode(wire.Welcome(version, self.head, self.incarnation)))
+        self._catch_up(peer, hello)
+        self.last_active = time.monotonic()
+        try:
+            await self.backend.record_replica(
+                self.name, hello.replica_id, hello.last_seq, None, time.time()
+            )
+        except BackendError as exc:
+            _log.warning("cannot record replica", extra={"namespace": self.name, "error": str(exc)})
+        return None
+
+    def _take_over(self, peer: Peer, hello: wire.Hello) -> None:
+        existing = self.replicas_live.get(hello.replica_id)
+        self.replicas_live[hello.replica_id] = peer
+        if existing is None or existing is peer:
+            return
+        now = time.monotonic()
+        self.metrics.takeovers.inc()
+        history = self._takeovers.setdefault(hello.replica_id, deque(maxlen=_TAKEOVER_HISTORY))
+        fighting = any(
+            instance == hello.instance and now - at < _SPLIT_BRAIN_WINDOW_S
+            for instance, at in history
+        )
+        history.append((existing.instance, now))
+        if fighting and existing.instance != hello.instance:
+            self.metrics.split_brain.inc()
+            _log.error(
+                "split brain: two live instances of one replica id take over from each other",
+                extra={
+                    "namespace": self.name,
+                    "replica": hello.replica_id,
+                    "instances": [existing.instance, hello.instance],
+                },
+            )
+        existing.request_close(wire.CloseCode.REPLACED, "replaced by a newer connection")
+
+    def _catch_up(self, peer: Peer, hello: wire.Hello) -> None:
+        last = int(hello.last_seq)
+        if hello.incarnation == self.incarnation and last >= self.head:
+            return
+        ring = self._ring
+        missing = self.head - last
+        limits = self.settings.limits
+        if (
+            hello.incarnation == self.incarnation
+            and ring
+            and ring[0][0] <= last + 1
+            and missing <= len(ring)
+            # Catch-up must fit easily in the send queue, or it would overflow at once.
+            and missing <= limits.queue_frames_max // 2
+        ):
+            frames = [ring[index][1] for index in range(len(ring) - missing, len(ring))]
+            if sum(map(len, frames)) <= limits.queue_bytes_max // 2:
+                for frame in frames:
+                    peer.broadcast(frame)
+                return
+        if hello.state_vector == _EMPTY_STATE_VECTOR:
+            peer.send_catch_up(self._full_snapshot_frame())
+            return
+        try:
+            diff = self.doc.get_update(hello.state_vector)
+        except ValueError:
+            # A state vector we cannot read: send everything (always correct, just larger).
+            peer.send_catch_up(self._full_snapshot_frame())
+            return
+        peer.send_catch_up(wire.encode(wire.Snapshot(self.head, diff)))
+
+    def seed_full_snapshot(self, seq: Seq, state: bytes) -> None:
+        """Use ``state`` (the whole document at ``seq``) for late joiners until it changes."""
+        if seq == self.head:
+            self._full_frame = (seq, self.doc_bytes, wire.encode(wire.Snapshot(seq, state)))
+
+    def _full_snapshot_frame(self) -> bytes:
+        """The whole document as a snapshot frame, encoded once per head: a crowd of late
+        joiners (a reconnect storm of fresh replicas) shares one buffer."""
+        cached = self._full_frame
+        if cached is not None and cached[0] == self.head and cached[1] == self.doc_bytes:
+            return cached[2]
+        frame = wire.encode(wire.Snapshot(self.head, self.doc.get_update()))
+        self._full_frame = (self.head, self.doc_bytes, frame)
+        return frame
+
+    # -- updates ----------------------------------------------------------------------------
+
+    def accept_update(
+        self, peer: Peer, update: bytes, op_id: OpId, signature: bytes, extension: bool
+    ) -> Refusal | None:
+        """Check, apply and queue one update for commit; or say why it was refused.
+
+        Args:
+            peer: the sender.
+            update: Yjs update bytes.
+            op_id: the sender's op id (0 = not deduplicated).
+            signature: ed25519 signature or b"".
+            extension: True for an extension update frame, False for a Yjs sync message.
+        """
+        if self.failed:
+            return Refusal(
+                wire.ErrorCode.INTERNAL, "namespace storage failed", "storage", None, op_id
+            )
+        if peer.access is not Access.WRITE:
+            return Refusal(
+                wire.ErrorCode.FORBIDDEN,
+                "this token is read-only for the namespace",
+                "forbidden",
+                wire.CloseCode.FORBIDDEN,
+                op_id,
+            )
+        limits = self.settings.limits
+        size = len(update)
+        if size > limits.update_bytes_max:
+            return Refusal(
+                wire.ErrorCode.UPDATE_TOO_LARGE,
+                f"update is {size} bytes, limit {limits.update_bytes_max}",
+                "too_large",
+                None,
+                op_id,
+            )
+        now = time.monotonic()
+        if not peer.update_bucket.take(now) or not peer.byte_bucket.take(now, size):
+            return Refusal(
+                wire.ErrorCode.RATE_LIMITED, "connection rate limit", "rate_conn", None, op_id
+            )
+        if not self._bucket.take(now):
+            return Refusal(
+                wire.ErrorCode.RATE_LIMITED, "namespace rate limit", "rate_namespace", None, op_id
+            )
+        if signature:
+            if peer.kind is not PeerKind.REPLICA or not self.verifier.verify(
+                peer.public_key, self.name, peer.origin, op_id, update, signature
+            ):
+                return Refusal(
+                    wire.ErrorCode.BAD_SIGNATURE,
+                    "signature does not verify against the replica's key",
+                    "bad_signature",
+                    None,
+                    op_id,
+                )
+        elif self.policy.require_signatures:
+            return Refusal(
+                wire.ErrorCode.MISSING_SIGNATURE,
+                "this namespace requires signed updates",
+                "missing_signature",
+                wire.CloseCode.FORBIDDEN if peer.kind is not PeerKind.REPLICA else None,
+                op_id,
+            )
+        if self.doc_bytes + size > self.policy.doc_bytes_max:
+            return Refusal(
+                wire.ErrorCode.QUOTA_EXCEEDED,
+                f"namespace document quota of {self.policy.doc_bytes_max} bytes reached",
+                "quota",
+                None,
+                op_id,
+            )
+        problem = _apply(self.doc, update)
+        if problem is not None:
+            return Refusal(
+                wire.ErrorCode.INVALID_UPDATE,
+                f"cannot apply update: {problem}",
+                "invalid_update",
+                None,
+                op_id,
+            )
+        self.doc_bytes += size
+        self.last_active = now
+        replica_id = peer.replica_id
+        self.sequencer.submit(
+            Pending(
+                NewEntry(peer.origin, replica_id, op_id if extension else OpId(0), update),
+                peer,
+                ack=peer.kind is PeerKind.REPLICA,
+            )
+        )
+        return None
+
+    def _on_committed(self, batch: list[Pending], results: list[AppendResult]) -> None:
+        peers = self.peers
+        metrics = self.metrics
+        sequenced = 0
+        sequenced_bytes = 0
+        for pending, result in zip(batch, results, strict=True):
+            sender = pending.peer
+            entry = pending.entry
+            if result.duplicate:
+                metrics.duplicates.inc()
+                if pending.ack:
+                    sender.send(wire.encode_ack(entry.op_id, result.seq, True))
+                continue
+            seq = int(result.seq)
+            if seq > self.head:
+                self.head = Seq(seq)
+            sequenced += 1
+            sequenced_bytes += len(entry.update)
+            frame = wire.encode_broadcast(seq, entry.origin, entry.update)
+            self._remember(seq, frame)
+            yjs_frame: bytes | None = None
+            for peer in peers:
+                if peer is sender:
+                    if pending.ack:
+                        peer.send(wire.encode_ack(entry.op_id, seq, False))
+                    continue
+                kind = peer.kind
+                if kind is PeerKind.REPLICA:
+                    peer.broadcast(frame)
+                elif kind is PeerKind.YJS:
+                    if yjs_frame is None:
+                        yjs_frame = wire.encode_sync_update(entry.update)
+                    peer.broadcast(yjs_frame)
+        if sequenced:
+            metrics.updates_sequenced.inc(sequenced)
+            metrics.update_bytes.inc(sequenced_bytes)
+
+    def _remember(self, seq: int, frame: bytes) -> None:
+        if self._ring_entries_max == 0:
+            return
+        ring = self._ring
+        if ring and ring[-1][0] != seq - 1:
+            # Not contiguous (another relay sequenced in between): start over.
+            ring.clear()
+            self._ring_bytes = 0
+        ring.append((seq, frame))
+        self._ring_bytes += len(frame)
+        while ring and (
+            len(ring) > self._ring_entries_max or self._ring_bytes > self._ring_bytes_max
+        ):
+            self._ring_bytes -= len(ring.popleft()[1])
+
+    def _on_failed(self, batch: list[Pending], exc: Exception) -> None:
+        # The doc holds updates that are not stored: it must not serve anyone any more.
+        self.failed = True
+        for pending in batch:
+            if pending.ack:
+                pending.peer.send(
+                    wire.encode(
+                        wire.ErrorFrame(
+                            wire.ErrorCode.INTERNAL,
+                            "storage failed; not sequenced, resend later",
+                            pending.entry.op_id,
+                        )
+                    )
+                )
+        for peer in list(self.peers):
+            peer.request_close(wire.CloseCode.INTERNAL_ERROR, "namespace storage failed")
+        self.on_failure(self)
+
+    # -- awareness and heartbeats -------------------------------------------------------------
+
+    def awareness(self, peer: Peer, frame_bytes: bytes, payload: bytes) -> Refusal | None:
+        """Record and forward an awareness update (never persisted)."""
+        try:
+            entries = wire.decode_awareness_update(
+                payload, self.settings.limits.awareness_clients_per_connection_max
+            )
+        except wire.FrameError as exc:
+            return Refusal(exc.code, str(exc), "malformed")
+        cap = self.settings.limits.awareness_clients_per_connection_max
+        for entry in entries:
+            known = self._awareness.get(entry.client_id)
+            if known is not None and known[2] is not peer:
+                continue  # another connection owns this client id
+            if entry.state == "null":
+                self._awareness.pop(entry.client_id, None)
+                peer.awareness_ids.discard(entry.client_id)
+                continue
+            if entry.client_id not in peer.awareness_ids and len(peer.awareness_ids) >= cap:
+                return Refusal(wire.ErrorCode.MALFORMED, "too many awareness clients", "awareness")
+            peer.awareness_ids.add(entry.client_id)
+            self._awareness[entry.client_id] = (entry.clock, entry.state, peer)
+        for other in self.peers:
+            if other is not peer and other.kind is not PeerKind.PENDING:
+                other.send(frame_bytes)
+        return None
+
+    def _awareness_frame(self, only: Peer | None) -> bytes:
+        entries = [
+            wire.AwarenessEntry(cid, clock, state)
+            for cid, (clock, state, owner) in self._awareness.items()
+            if only is None or owner is only
+        ]
+        return wire.encode(wire.Awareness(wire.encode_awareness_update(entries)))
+
+    def query_awareness(self, peer: Peer) -> None:
+        """Answer a query-awareness frame with every known state."""
+        peer.send(self._awareness_frame(None))
+
+    async def heartbeat(self, peer: Peer, payload: str) -> Refusal | None:
+        """Keep a replica's heartbeat (for the drift view) and its applied seq."""
+        if peer.kind is not PeerKind.REPLICA or peer.replica_id is None:
+            return Refusal(wire.ErrorCode.NOT_READY, "heartbeat before hello", "not_ready")
+        if len(payload) > _HEARTBEAT_BYTES_MAX:
+            return Refusal(wire.ErrorCode.MALFORMED, "heartbeat too large", "malformed")
+        try:
+            data = json.loads(payload)
+        except ValueError as exc:
+            return Refusal(wire.ErrorCode.MALFORMED, f"heartbeat is not JSON: {exc}", "malformed")
+        if not isinstance(data, dict):
+            return Refusal(wire.ErrorCode.MALFORMED, "heartbeat must be a JSON object", "malformed")
+        applied = data.get("applied_seq", 0)
+        if not isinstance(applied, int) or isinstance(applied, bool) or applied < 0:
+            return Refusal(wire.ErrorCode.MALFORMED, "applied_seq must be an int >= 0", "malformed")
+        data["received_at"] = time.time()
+        self.heartbeats[peer.replica_id] = data
+        try:
+            await self.backend.record_replica(
+                self.name, peer.replica_id, Seq(applied), payload, time.time()
+            )
+        except BackendError as exc:
+            _log.warning(
+                "cannot record heartbeat", extra={"namespace": self.name, "error": str(exc)}
+            )
+        return None
+
+    # -- snapshots ------------------------------------------------------------------------------
+
+    @property
+    def dirty(self) -> bool:
+        """True when updates were sequenced since the last snapshot."""
+        return self.head > self.snapshot_seq
+
+    def snapshot_due(self, now: float) -> bool:
+        """True when the snapshot policy asks for one now."""
+        policy = self.settings.snapshot
+        behind = self.head - self.snapshot_seq
+        return behind >= policy.every_updates or (
+            behind > 0 and now - self.snapshot_at >= policy.every_s
+        )
+
+    async def snapshot(self) -> SnapshotOutcome:
+        """Store a snapshot at the committed head and trim the log below the watermark."""
+        # Read head and encode the state with no await in between: the state holds 1..head.
+        seq = self.head
+        state = self.doc.get_update()
+        outcome = await take_snapshot(
+            self.backend, self.name, seq, state, self.settings.snapshot, time.time()
+        )
+        self.snapshot_seq = outcome.seq
+        self.snapshot_at = time.monotonic()
+        self.doc_bytes = outcome.bytes
+        self.metrics.snapshots.inc()
+        return outcome
+
+
+class Hub:
+    """Every live namespace of the relay.
+
+    Args:
+        settings: relay settings.
+        backend: opened storage.
+        metrics: relay metrics.
+    """
+
+    def __init__(self, settings: RelaySettings, backend: Backend, metrics: RelayMetrics) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.metrics = metrics
+        self.verifier = SignatureVerifier()
+        self.namespaces: dict[Namespace, LiveNamespace] = {}
+        self._loading: dict[Namespace, asyncio.Lock] = {}
+        self.draining = False
+        self.connections = 0
+        self._maintenance: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Start idle eviction and periodic snapshots."""
+        self._maintenance = asyncio.create_task(self._maintain(), name="relay-maintenance")
+
+    async def acquire(self, name: Namespace) -> LiveNamespace:
+        """The live namespace ``name``, loaded if needed; the caller must :meth:`release`.
+
+        Raises:
+            OverloadedError: the namespace cap is reached and no loaded one is idle.
+            BackendError: the namespace cannot be loaded.
+        """
+        live = self.namespaces.get(name)
+        if live is None:
+            lock = self._loading.setdefault(name, asyncio.Lock())
+            async with lock:
+                live = self.namespaces.get(name)
+                if live is None:
+                    await self._make_room()
+                    live = await self._load(name)
+                    self.namespaces[name] = live
+                    self.metrics.namespaces_loaded.set(len(self.namespaces))
+            self._loading.pop(name, None)
+        live.last_active = time.monotonic()
+        return live
+
+    async def _make_room(self) -> None:
+        if len(self.namespaces) < self.settings.limits.namespaces_in_memory_max:
+            return
+        idle = [ns for ns in self.namespaces.values() if ns.refs == 0]
+        if not idle:
+            raise OverloadedError(
+                f"{len(self.namespaces)} namespaces in memory, all in use "
+                f"(namespaces_in_memory_max={self.settings.limits.namespaces_in_memory_max})"
+            )
+        await self._unload(min(idle, key=lambda ns: ns.last_active))
+
+    async def _load(self, name: Namespace) -> LiveNamespace:
+        started = time.monotonic()
+        meta = await self.backend.open_namespace(name)
+        snapshot = await self.backend.read_snapshot(name)
+        doc: Doc[Any] = Doc()
+        after = Seq(0)
+        # Stored bytes estimate the document's size without encoding it again.
+        doc_bytes = 0
+        if snapshot is not None:
+            doc_bytes = len(snapshot.update)
+            problem = _apply(doc, snapshot.update)
+            if problem is not None:
+                raise BackendError(f"namespace {name!r}: stored snapshot unreadable: {problem}")
+            after = snapshot.seq
+        applied = 0
+        while True:
+            entries = await self.backend.read_after(name, after, _LOAD_CHUNK)
+            if not entries:
+                break
+            for entry in entries:
+                doc_bytes += len(entry.update)
+                problem = _apply(doc, entry.update)
+                if problem is not None:
+                    _log.error(
+                        "stored update unreadable",
+                        extra={"namespace": name, "seq": entry.seq, "error": problem},
+                    )
+            applied += len(entries)
+            after = entries[-1].seq
+        head = max(meta.head, after)
+        live = LiveNamespace(
+            name,
+            meta.incarnation,
+            head,
+            doc,
+            doc_bytes,
+            snapshot.seq if snapshot is not None else Seq(0),
+            self.settings,
+            self.backend,
+            self.metrics,
+            self.verifier,
+        )
+        if snapshot is not None and applied == 0:
+            # The stored snapshot is the whole document: late joiners get it as is, with no
+            # re-encoding of a large doc right after the load.
+            live.seed_full_snapshot(snapshot.seq, snapshot.update)
+        live.on_failure = self._failed
+        live.sequencer.start()
+        _log.info(
+            "namespace loaded",
+            extra={
+                "namespace": name,
+                "head": head,
+                "tail": applied,
+                "seconds": round(time.monotonic() - started, 4),
+            },
+        )
+        return live
+
+    def release(self, live: LiveNamespace) -> None:
+        """Forget nothing: an idle namespace stays loaded until eviction."""
+        live.last_active = time.monotonic()
+
+    def _failed(self, live: LiveNamespace) -> None:
+        if self.namespaces.get(live.name) is live:
+            del self.namespaces[live.name]
+            self.metrics.namespaces_loaded.set(len(self.namespaces))
+        asyncio.get_running_loop().create_task(live.sequencer.stop())
+
+    async def _unload(self, live: LiveNamespace) -> None:
+        if self.namespaces.get(live.name) is live:
+            del self.namespaces[live.name]
+        self.metrics.namespaces_loaded.set(len(self.namespaces))
+        await live.sequencer.stop()
+        if live.dirty and not live.failed:
+            try:
+                await live.snapshot()
+            except BackendError as exc:
+                _log.warning(
+                    "snapshot on unload failed", extra={"namespace": live.name, "error": str(exc)}
+                )
+        self.metrics.evictions.inc()
+        _log.info("namespace unloaded", extra={"namespace": live.name})
+
+    async def snapshot(self, name: Namespace) -> SnapshotOutcome:
+        """Take a snapshot of ``name`` now (the admin endpoint)."""
+        live = await self.acquire(name)
+        await live.sequencer.flush()
+        return await live.snapshot()
+
+    async def _maintain(self) -> None:
+        limits = self.settings.limits
+        interval = min(1.0, limits.namespace_idle_s / 4)
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for live in list(self.namespaces.values()):
+                try:
+                    if live.refs == 0 and now - live.last_active > limits.namespace_idle_s:
+                        await self._unload(live)
+                    elif not live.failed and live.snapshot_due(now):
+                        await live.snapshot()
+                except BackendError as exc:
+                    _log.warning(
+                        "maintenance failed", extra={"namespace": live.name, "error": str(exc)}
+                    )
+
+    async def drain(self, timeout_s: float = 10.0) -> None:
+        """Stop taking updates, commit what was accepted, flush acks, close every client
+        with 1001 going away, snapshot dirty namespaces."""
+        self.draining = True
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._maintenance
+        deadline = time.monotonic() + timeout_s
+        lives = list(self.namespaces.values())
+        for live in lives:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    live.sequencer.flush(), max(0.1, deadline - time.monotonic())
+                )
+        # Let writers send the acks just produced before the close frames.
+        while time.monotonic() < deadline and any(
+            p.queue_len for live in lives for p in live.peers if not p.closed
+        ):
+            await asyncio.sleep(0.01)
+        for live in lives:
+            for peer in list(live.peers):
+                peer.request_close(wire.CloseCode.GOING_AWAY, "relay shutting down")
+        while time.monotonic() < deadline and any(live.peers for live in lives):
+            await asyncio.sleep(0.01)
+        for live in lives:
+            await live.sequencer.stop()
+            if live.dirty and not live.failed:
+                try:
+                    await live.snapshot()
+                except BackendError as exc:
+                    _log.warning(
+                        "snapshot at drain failed",
+                        extra={"namespace": live.name, "error": str(exc)},
+                    )
+        self.namespaces.clear()
+        self.metrics.namespaces_loaded.set(0)
