@@ -50,6 +50,7 @@ SNAPSHOT_EVERY_BYTES = 16 << 20
 """... or this many bytes."""
 
 _PROCESS_START = time.time()
+_RELAY_INCARNATION_KEY = "relay_incarnation"
 
 
 def fresh_client_id() -> int:
@@ -392,6 +393,25 @@ class Replica(Generic[S]):
             if seq > self._applied_seq:
                 self._applied_seq = seq
                 self._store.note_applied(seq)
+
+    def reset_applied(self, seq: Seq) -> None:
+        """Forget sequence numbers of a relay log that no longer exists (SyncTarget).
+
+        A relay that lost its state, or a new relay cluster, numbers its log from scratch;
+        keeping the old maximum would make this replica ignore every new update.
+        """
+        with self._doc.lock:
+            self._applied_seq = seq
+            self._store.reset_applied(seq)
+
+    @property
+    def relay_incarnation(self) -> str:
+        """Incarnation id of the relay log ``applied_seq`` refers to ("" before the first)."""
+        return self._store.get_meta(_RELAY_INCARNATION_KEY) or ""
+
+    def set_relay_incarnation(self, incarnation: str) -> None:
+        """Remember the relay log this replica now follows (persisted in the store)."""
+        self._store.set_meta(_RELAY_INCARNATION_KEY, incarnation)
 
     def pending_outbox(self, limit: int, after: OpId) -> list[OutboxEntry]:
         """Durable, unacknowledged local writes after ``after`` (SyncTarget)."""

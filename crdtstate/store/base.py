@@ -114,6 +114,14 @@ class Store(Protocol):
         """Record ``applied_seq`` without an update (our own echo)."""
         ...
 
+    def reset_applied(self, seq: Seq) -> None:
+        """Set ``applied_seq`` to exactly ``seq``, even if lower.
+
+        Used when the relay's log was replaced (a new relay incarnation): its sequence
+        numbers restart, and the highest number seen so far means nothing any more.
+        """
+        ...
+
     def flush(self, timeout_s: float | None = None) -> None:
         """Wait until everything appended before the call is durable.
 

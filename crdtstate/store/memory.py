@@ -68,6 +68,7 @@ class _Remote:
 @dataclass(frozen=True, slots=True)
 class _Applied:
     seq: int
+    reset: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,6 +242,12 @@ class MemoryStore:
         self._check_open()
         self._pending.append(_Applied(checked))
 
+    def reset_applied(self, seq: Seq) -> None:
+        """Set ``applied_seq`` to exactly ``seq`` (a new relay log); stays pending."""
+        checked = check_seq(seq)
+        self._check_open()
+        self._pending.append(_Applied(checked, reset=True))
+
     def ack(self, op_id: OpId, seq: Seq) -> None:
         """Drop ``op_id`` from the outbox (idempotent, unknown ids ignored); stays pending."""
         checked = check_op_id(op_id)
@@ -374,7 +381,7 @@ class MemoryStore:
             if item.seq is not None:
                 d.applied_seq = max(d.applied_seq, item.seq)
         elif isinstance(item, _Applied):
-            d.applied_seq = max(d.applied_seq, item.seq)
+            d.applied_seq = item.seq if item.reset else max(d.applied_seq, item.seq)
         elif isinstance(item, _Ack):
             row = d.outbox.pop(item.op_id, None)
             if row is not None and row[0] <= d.tail_upto:

@@ -54,6 +54,7 @@ _APPLIED: Final = 2  # (kind, seq)
 _ACK: Final = 3  # (kind, op_id, seq)
 _SNAPSHOT: Final = 4  # (kind, tail_upto, data)
 _META: Final = 5  # (kind, key, value)
+_APPLIED_RESET: Final = 6  # (kind, seq)
 
 _RETRY_DELAY_S_MAX: Final = 1.0
 _CLOSE_ATTEMPTS_MAX: Final = 3
@@ -242,6 +243,13 @@ class SqliteStore:
         with self._lock:
             self._check_open()
             self._enqueue((_APPLIED, checked))
+
+    def reset_applied(self, seq: Seq) -> None:
+        """Set ``applied_seq`` to exactly ``seq`` (a new relay log). Does not wait."""
+        checked = check_seq(seq)
+        with self._lock:
+            self._check_open()
+            self._enqueue((_APPLIED_RESET, checked))
 
     def ack(self, op_id: OpId, seq: Seq) -> None:
         """The relay sequenced ``op_id`` as ``seq``: drop it from the outbox.
@@ -646,6 +654,8 @@ class SqliteStore:
                         applied_seq = max(applied_seq, seq)
                 elif kind == _APPLIED:
                     applied_seq = max(applied_seq, item[1])
+                elif kind == _APPLIED_RESET:
+                    applied_seq = item[1]
                 elif kind == _ACK:
                     write_rows()
                     op_id = item[1]

@@ -291,6 +291,9 @@ class SyncSession:
             # Sequence numbers of another log mean nothing here: the relay answers this hello
             # with a state-vector snapshot, which resets applied_seq.
             self.applied_seq = Seq(0)
+            resetter: Callable[[Seq], None] | None = getattr(self.target, "reset_applied", None)
+            if resetter is not None:
+                resetter(Seq(0))
         if lost:
             self._repair_pending = True
             self.last_error = "relay lost state (new incarnation or head behind us); repairing"

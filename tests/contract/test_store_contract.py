@@ -286,6 +286,17 @@ def test_applied_seq_is_the_highest_recorded(harness: StoreHarness) -> None:
     assert harness.reopen().load().applied_seq == 9
 
 
+def test_reset_applied_lowers_the_recorded_seq(harness: StoreHarness) -> None:
+    """A new relay log restarts numbering; the old maximum must not survive a reopen."""
+    store = harness.store
+    store.note_applied(Seq(40))
+    store.reset_applied(Seq(0))
+    store.append_remote(b"r", Seq(3))
+    store.flush()
+    assert store.load().applied_seq == 3
+    assert harness.reopen().load().applied_seq == 3
+
+
 # ---------------------------------------------------------------------------------- meta
 
 
