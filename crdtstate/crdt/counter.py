@@ -49,6 +49,13 @@ class _SlotCounter(Field[int]):
 
     def _bind_root(self) -> None:
         self._root = self.ctx.root_map(self.name)
+        self._own: dict[str, int] = {}
+
+    def invalidate(self) -> None:
+        """Forget cached values, own slot totals included (a remote update may hold an
+        older incarnation's slot that recovery merges back)."""
+        super().invalidate()
+        self._own = {}
 
     def _totals(self) -> tuple[dict[str, int], list[SchemaViolation]]:
         totals = dict.fromkeys(self._prefixes, 0)
@@ -63,8 +70,13 @@ class _SlotCounter(Field[int]):
         return totals, problems
 
     def _own_total(self, prefix: str) -> int:
-        total = _parse_total(self._root.get(prefix + self.ctx.replica_id))
-        return total or 0
+        """This replica's running total in slot ``prefix``: read once, then kept, because
+        only this replica writes its slot (the hot path of every increment)."""
+        own = self._own.get(prefix)
+        if own is None:
+            own = _parse_total(self._root.get(prefix + self.ctx.replica_id)) or 0
+            self._own[prefix] = own
+        return own
 
     def _bump(self, prefix: str, n: int, op: str) -> None:
         if isinstance(n, bool) or not isinstance(n, int) or not 0 < n <= MAX_STEP:
@@ -75,7 +87,8 @@ class _SlotCounter(Field[int]):
         value, violations = self._materialized()
         key = prefix + ctx.replica_id
         violations = [v for v in violations if v.key != key]  # a foreign own slot is overwritten
-        encoded = _codec.dumps(self._own_total(prefix) + n)
+        total = self._own_total(prefix) + n
+        encoded = _codec.dumps(total)
         root = self._root
 
         def mutate() -> None:
@@ -84,6 +97,7 @@ class _SlotCounter(Field[int]):
         delta = n if prefix != "-" else -n
 
         def after() -> None:
+            self._own[prefix] = total
             self._cache = (value + delta, violations)
             self._typed_cache = None
 

@@ -120,3 +120,34 @@ def test_a_garbage_own_slot_restarts_from_zero(make_doc: Any) -> None:
     doc.state.hits.inc(2)
     assert doc.state.hits.value == 2
     assert doc.violations() == []  # the garbage slot was overwritten
+
+
+def test_own_slot_total_survives_a_restart(tmp_path: Any) -> None:
+    """The own-slot total is cached for speed; after reopening, increments continue from
+    the recovered total instead of restarting the slot at zero."""
+    from crdtstate import PNCounter, Replica, Schema
+
+    class Karma(Schema):
+        karma = PNCounter()
+
+    with Replica.open(tmp_path, "ns", Karma) as replica:
+        replica.state.karma.inc(5)
+        replica.state.karma.dec(2)
+    with Replica.open(tmp_path, "ns", Karma) as replica:
+        replica.state.karma.inc(1)
+        assert replica.state.karma.value == 4
+        assert list(replica.state.karma.by_replica().values()) == [4]
+    with Replica.open(tmp_path, "ns", Karma) as replica:
+        assert replica.state.karma.value == 4
+
+
+def test_own_slot_cache_follows_a_merged_older_incarnation(make_doc: Any) -> None:
+    """A remote update carrying this replica's own slot (state restored from a peer)
+    invalidates the cached total, so the next increment builds on the merged slot."""
+    a, twin = make_doc("a"), make_doc("a")
+    twin.state.hits.inc(7)
+    a.state.hits.inc(1)
+    a.apply_update(twin.export_update(a.state_vector()))
+    merged = a.state.hits.value
+    a.state.hits.inc(1)
+    assert a.state.hits.value == merged + 1
