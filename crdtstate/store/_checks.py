@@ -79,7 +79,8 @@ def encode_op(op: object) -> str:
 
 
 def _is_flat_json(op: Mapping[Any, Any]) -> bool:
-    """True when ``op`` has str keys and only str/int/bool/None/float values (exact in JSON).
+    """True when ``op`` has str keys and only str/int/bool/None/float values or lists of
+    str (all exact in JSON).
 
     Semantic ops are nearly always this shape; checking it costs far less than a decode.
     """
@@ -87,7 +88,10 @@ def _is_flat_json(op: Mapping[Any, Any]) -> bool:
         if type(key) is not str:
             return False
         kind = type(value)
-        if not (kind is str or kind is int or kind is bool or kind is float or value is None):
+        if kind is list:
+            if not all(type(item) is str for item in value):
+                return False
+        elif not (kind is str or kind is int or kind is bool or kind is float or value is None):
             return False
     return True  # NaN and infinities were already refused by the encoder
 
