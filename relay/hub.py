@@ -45,6 +45,7 @@ _SPLIT_BRAIN_WINDOW_S: Final = 60.0
 _TAKEOVER_HISTORY: Final = 8
 _LOAD_CHUNK: Final = 10000
 _HEARTBEAT_BYTES_MAX: Final = 64 * 1024
+_COMMIT_TIMES_MAX: Final = 1024
 _NO_OP: Final = OpId(0)
 _EMPTY_STATE_VECTOR: Final = b"\x00"
 
@@ -115,6 +116,11 @@ class LiveNamespace:
         self.replicas_live: dict[ReplicaId, Peer] = {}
         self.keys: dict[ReplicaId, bytes] = {}
         self.heartbeats: dict[ReplicaId, dict[str, Any]] = {}
+        # (last seq of a commit, wall time): when each update was sequenced, for lag in
+        # seconds in the drift view. Seeded with the loaded head: sequenced at or before now.
+        self.commit_times: deque[tuple[int, float]] = deque(
+            [(int(head), time.time())], maxlen=_COMMIT_TIMES_MAX
+        )
         self.refs = 0
         self.last_active = time.monotonic()
         self.failed = False
@@ -450,6 +456,7 @@ class LiveNamespace:
                         yjs_frame = wire.encode_sync_update(entry.update)
                     peer.broadcast(yjs_frame)
         if sequenced:
+            self.commit_times.append((int(self.head), time.time()))
             metrics.updates_sequenced.inc(sequenced)
             metrics.update_bytes.inc(sequenced_bytes)
 
