@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +42,25 @@ MAX_UNSETTLED_BYTES = 64 << 20
 
 
 Recorder = Callable[[bytes, dict[str, Any]], None]
+
+
+def _unobserve(
+    doc: Doc[Any], doc_subscription: Any, root: Map[Any], root_subscription: Any
+) -> None:
+    root.unobserve(root_subscription)
+    doc.unobserve(doc_subscription)
+
+
+def _weak_callback(method: Callable[[Any], None]) -> Callable[[Any], None]:
+    """``method`` (a bound method) called through a weak reference to its object."""
+    ref = weakref.WeakMethod(method)
+
+    def call(event: Any) -> None:
+        target = ref()
+        if target is not None:
+            target(event)
+
+    return call
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,10 +107,17 @@ class NamespaceDoc:
         self._dropped_unsettled = False
         self._remote = False
         self._tags = 0
-        self._doc.observe(self._on_transaction)
+        # pycrdt keeps observers on the Rust side, out of the garbage collector's sight: a
+        # bound method would keep this object (and its replica, store and everything they
+        # reach) alive for good, and pycrdt's own wrappers keep the Doc alive until the
+        # subscriptions are dropped. Hence weak callbacks, unobserved when this object dies.
+        doc_subscription = self._doc.observe(_weak_callback(self._on_transaction))
         self._schema_root: Map[Any] = self._doc.get(SCHEMA_ROOT, type=Map)
         self._schema_dirty = True
-        self._schema_root.observe(self._on_schema_change)
+        schema_subscription = self._schema_root.observe(_weak_callback(self._on_schema_change))
+        weakref.finalize(
+            self, _unobserve, self._doc, doc_subscription, self._schema_root, schema_subscription
+        ).atexit = False
         self._subscribers: dict[str, list[ChangeCallback]] = {}
         self._declared: dict[str, dict[str, Any]] = {}
         self.schema = schema

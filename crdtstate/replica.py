@@ -110,6 +110,7 @@ class Replica(Generic[S]):
         store: Store | None = None,
         client_id: int | None = None,
         sync_settings: Any = None,
+        identity: Identity | None = None,
     ) -> Replica[S]:
         """Open (creating on first use) the replica of ``namespace`` kept in ``data_dir``.
 
@@ -126,6 +127,8 @@ class Replica(Generic[S]):
             store: an already open store (the simulation passes a ``MemoryStore``).
             client_id: Yjs client id (the simulation fixes it; otherwise fresh and random).
             sync_settings: settings object passed to the sync client.
+            identity: use this identity instead of the one kept in ``data_dir`` (the
+                simulation derives keys from its seed and keeps no files).
 
         Raises:
             StoreLockedError: another process holds this replica's store.
@@ -140,7 +143,8 @@ class Replica(Generic[S]):
                 f"durability must be one of {[d.value for d in Durability]}, got {durability!r}"
             ) from None
         root = Path(data_dir)
-        identity = load_or_create_identity(root, replica_id)
+        if identity is None:
+            identity = load_or_create_identity(root, replica_id)
         if store is None:
             store = open_store(root / f"{ns}.sqlite3", mode)
         try:

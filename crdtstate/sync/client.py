@@ -367,8 +367,11 @@ class SyncClient:
         """Send outbox entries when they appear, heartbeats and resends when due."""
         session = self.session
         while True:
+            # not asyncio.wait_for: on Python 3.11 it swallows a cancel that arrives as the
+            # event is set (a write as the connection drops), and this loop never ended
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._outbox_event.wait(), _TICK_S)
+                async with asyncio.timeout(_TICK_S):
+                    await self._outbox_event.wait()
             self._outbox_event.clear()
             await self._send_all(transport, session.tick(self._clock()))
 

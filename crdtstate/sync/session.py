@@ -212,6 +212,10 @@ class SyncSession:
                 out.extend(self._on_ack(frame, now))
             case wire.ResyncRequired(reason=reason):
                 self.last_error = f"relay asked for a resync: {reason}"
+                # The relay dropped everything it had queued for us, the welcome answering
+                # an earlier hello included: a resync already requested must not swallow
+                # this one, or the session waits for that welcome forever.
+                self._resync_requested = False
                 out.extend(self._resync())
             case wire.ErrorFrame():
                 self._on_error(frame, now)
@@ -299,24 +303,38 @@ class SyncSession:
             self.last_error = "relay lost state (new incarnation or head behind us); repairing"
         if welcome.incarnation != self.incarnation:
             self.incarnation = welcome.incarnation
-            setter: Callable[[str], None] | None = getattr(
-                self.target, "set_relay_incarnation", None
-            )
-            if setter is not None:
-                setter(welcome.incarnation)
+            # Persisted only once nothing is left to repair: a replica restarted before its
+            # repair was acknowledged must still see a new incarnation, and repair again.
+            if not self._repair_pending:
+                self._persist_incarnation()
         self.head_seq = welcome.head_seq
         self._resync_requested = False
         self.state = ConnectionState.CATCHING_UP
         self._check_live()
         out: list[bytes] = []
-        if self._repair_pending and self._relay_sv is not None:
+        if self._repair_pending:
+            # The relay's sync step 1 precedes its welcome, unless the relay dropped it from
+            # our send queue when it took our hello: it cannot come later, so without it the
+            # repair carries the whole state (export_update(None)).
             out.extend(self._repair())
         return out
 
-    def _repair(self) -> list[bytes]:
+    def _persist_incarnation(self) -> None:
+        setter: Callable[[str], None] | None = getattr(self.target, "set_relay_incarnation", None)
+        if setter is not None:
+            setter(self.incarnation)
+
+    def _repaired(self) -> None:
         self._repair_pending = False
+        self._persist_incarnation()
+
+    def _repair(self) -> list[bytes]:
+        # Pending until the relay acknowledges the repair (the only op-0 update we send):
+        # a repair lost with its connection, or refused while the relay's storage failed,
+        # goes again with the next welcome.
         update = self.target.export_update(self._relay_sv)
         if wire.is_empty_update(update):
+            self._repaired()
             return []
         op_id = OpId(0)
         signature = self.target.sign(
@@ -373,7 +391,10 @@ class SyncSession:
         return [self._hello()]
 
     def _on_ack(self, ack: wire.Ack, now: float) -> list[bytes]:
-        if ack.op_id > 0:
+        if ack.op_id == 0:
+            if self._repair_pending:
+                self._repaired()
+        else:
             self._inflight = max(0, self._inflight - 1)
             self.rejected.pop(ack.op_id, None)
             self.target.on_ack(ack.op_id, ack.seq)

@@ -324,7 +324,11 @@ async def test_session_treats_a_new_incarnation_as_state_loss_and_repairs() -> N
     assert (
         isinstance(repair, wire.Update) and repair.op_id == 0 and repair.update != wire.EMPTY_UPDATE
     )
-    assert session.applied_seq == 0 and target.relay_incarnation == "new"
+    # The new incarnation is adopted for good only once the repair is acknowledged: a
+    # replica restarted before that must see a new incarnation again, and repair again.
+    assert session.applied_seq == 0 and target.relay_incarnation == "old"
+    session.receive(wire.encode(wire.Ack(OpId(0), Seq(1))), 0.0)
+    assert session.applied_seq == 1 and target.relay_incarnation == "new"
 
 
 def test_backoff_is_capped_and_jittered() -> None:
