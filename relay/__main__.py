@@ -25,6 +25,7 @@ from pathlib import Path
 from aiohttp import web
 
 from relay.app import make_app
+from relay.backend.base import BackendError
 from relay.config import ConfigError, RelaySettings, load_settings
 from relay.keys import HUB
 from relay.logs import configure_logging
@@ -125,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log_level)
     try:
         asyncio.run(serve(settings))
-    except OSError as exc:
+    except (OSError, BackendError) as exc:  # BackendError: storage unreachable at start
         print(f"crdtstate-relay: cannot serve: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -16,6 +16,10 @@ Example ``relay.toml``::
     every_updates = 10000
     every_s = 300
 
+    [backend]                            # default: kind = "sqlite" under --data
+    kind = "nats"
+    url = "nats://127.0.0.1:4222"
+
     [[tokens]]
     token_env = "AGENT_WRITE_TOKEN"      # or token = "literal"
     access = "write"
@@ -34,16 +38,18 @@ from __future__ import annotations
 
 import enum
 import fnmatch
+import importlib.util
 import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 __all__ = [
     "Access",
+    "BackendSettings",
     "ConfigError",
     "LimitSettings",
     "NamespacePolicy",
@@ -150,6 +156,23 @@ class SnapshotSettings(_Model):
     replica_ttl_s: float = Field(default=7 * 24 * 3600.0, gt=0)
 
 
+class BackendSettings(_Model):
+    """Where namespaces are stored: the embedded SQLite file (default) or NATS JetStream,
+    which lets several relay processes share one log per namespace (docs/backends.md)."""
+
+    kind: Literal["sqlite", "nats"] = "sqlite"
+    url: str = "nats://127.0.0.1:4222"
+    prefix: str = Field(default="crdtstate", pattern=r"^[A-Za-z0-9-]{1,32}$")
+    replicas: int = Field(default=1, ge=1, le=5)
+    timeout_s: float = Field(default=5.0, gt=0)
+
+    @model_validator(mode="after")
+    def _client_installed(self) -> BackendSettings:
+        if self.kind == "nats" and importlib.util.find_spec("nats") is None:
+            raise ValueError("the NATS backend needs nats-py: pip install 'crdtstate[nats]'")
+        return self
+
+
 class ResolvedPolicy(_Model):
     """The effective policy of one namespace."""
 
@@ -179,6 +202,7 @@ class RelaySettings(_Model):
     namespaces: dict[str, NamespacePolicy] = Field(default_factory=dict)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     snapshot: SnapshotSettings = Field(default_factory=SnapshotSettings)
+    backend: BackendSettings = Field(default_factory=BackendSettings)
     log_level: str = "INFO"
 
     @property
