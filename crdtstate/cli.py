@@ -173,14 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _register_extensions(sub: Any) -> None:
-    """Verbs that live in their own modules (mirrors, drift, lint)."""
-    import importlib.util
+    """Verbs that live in their own modules (mirrors and lint, drift): each sets ``func``."""
+    from crdtstate import cli_drift, cli_mirror
 
-    for module_name in ("crdtstate.cli_mirror", "crdtstate.cli_drift"):
-        if importlib.util.find_spec(module_name) is None:  # TEMP until wired
-            continue
-        module = __import__(module_name, fromlist=["register"])
-        module.register(sub)
+    cli_mirror.register(sub)
+    cli_drift.register(sub)
 
 
 def _open(args: argparse.Namespace) -> Replica[Any]:
@@ -346,7 +343,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``crdtstate`` command."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    handler = getattr(args, "handler", None)
+    # Extension verbs set ``func`` (args -> exit status); ``handler`` is accepted as well.
+    handler = getattr(args, "func", None) or getattr(args, "handler", None)
     try:
         if handler is not None:
             return int(handler(args))

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ValidationError as PydanticValidationError
 from rich.table import Table
 from rich.text import Text
 
@@ -182,6 +183,10 @@ class Heartbeat(BaseModel):
         return _check_digest(value)
 
 
+_HEARTBEAT_FIELDS = frozenset(Heartbeat.model_fields) - {"replica_id"}
+"""What a heartbeat may set in a :class:`ReplicaEntry` (the relay sets the rest)."""
+
+
 class ReplicaEntry(BaseModel):
     """One replica in the relay's view: its latest heartbeat, plus what the relay knows.
 
@@ -254,6 +259,60 @@ class ReplicaEntry(BaseModel):
                 "missing_since": missing_since,
             }
         )
+
+    @classmethod
+    def from_partial_heartbeat(
+        cls,
+        replica_id: str,
+        heartbeat: Mapping[str, Any] | None,
+        *,
+        connected: bool,
+        last_seen: float,
+        missing_since: float | None = None,
+        applied_seq: int | None = None,
+    ) -> tuple[Self, list[str]]:
+        """The entry for whatever a replica sent, keeping every field that is valid.
+
+        A relay stores any JSON object a replica sends as its heartbeat (older clients,
+        plain tools, a buggy build): one bad field must not hide the replica or the rest
+        of what it said. The replica id is the relay's (the connection's), never the
+        payload's, so a heartbeat cannot speak for another replica.
+
+        Args:
+            replica_id: the replica, as the relay knows it.
+            heartbeat: the heartbeat payload, ``None`` before the first.
+            connected: the replica has a live connection.
+            last_seen: last time the relay heard from it (relay clock).
+            missing_since: see :class:`ReplicaEntry`.
+            applied_seq: applied seq to use when the heartbeat gives none (from a hello).
+
+        Returns:
+            The entry, and the names of the heartbeat fields dropped as invalid.
+
+        Raises:
+            pydantic.ValidationError: ``replica_id`` or ``last_seen`` themselves are invalid.
+        """
+        data: dict[str, Any] = _accept_protocol_names(dict(heartbeat or {}))
+        data = {name: value for name, value in data.items() if name in _HEARTBEAT_FIELDS}
+        if "applied_seq" not in data and applied_seq is not None:
+            data["applied_seq"] = applied_seq
+        fixed = {
+            "replica_id": replica_id,
+            "connected": connected,
+            "last_seen": last_seen,
+            "missing_since": missing_since,
+        }
+        dropped: list[str] = []
+        while True:
+            try:
+                return cls.model_validate({**data, **fixed}), dropped
+            except PydanticValidationError as exc:
+                bad = {str(e["loc"][0]) for e in exc.errors() if e["loc"]} & set(data)
+                if not bad:
+                    raise
+                for name in sorted(bad):
+                    del data[name]
+                    dropped.append(name)
 
 
 class ReplicasView(BaseModel):

@@ -17,13 +17,15 @@ from relay.auth import Authorizer
 from relay.backend.base import Backend
 from relay.backend.sqlite import SqliteBackend
 from relay.config import RelaySettings
+from relay.dashboard import setup_dashboard
 from relay.hub import Hub
 from relay.keys import AUTHORIZER, BACKEND, HUB, METRICS, SETTINGS
 from relay.metrics import RelayMetrics
 from relay.ops import routes as ops_routes
+from relay.views import setup_views
 from relay.ws import handle_websocket
 
-__all__ = ["DB_FILE", "make_app"]
+__all__ = ["DB_FILE", "configured_backend", "make_app"]
 
 DB_FILE = "relay.sqlite3"
 
@@ -43,7 +45,7 @@ def make_app(
     """
     app = web.Application(client_max_size=1024 * 1024)
     metrics = RelayMetrics()
-    store = backend or SqliteBackend(Path(settings.data_dir) / DB_FILE, fsync=settings.fsync)
+    store = backend or configured_backend(settings)
     app[SETTINGS] = settings
     app[AUTHORIZER] = Authorizer(settings, os.environ if environ is None else environ)
     app[METRICS] = metrics
@@ -51,8 +53,27 @@ def make_app(
     app[HUB] = Hub(settings, store, metrics)
     app.router.add_get("/yjs/{namespace}", handle_websocket)
     app.router.add_routes(ops_routes)
+    setup_views(app)
+    setup_dashboard(app)
     app.cleanup_ctx.append(_lifecycle)
     return app
+
+
+def configured_backend(settings: RelaySettings) -> Backend:
+    """The storage ``[backend]`` names; nats-py (an extra) is imported only when used."""
+    if settings.backend.kind == "nats":
+        from relay.backend.nats import NatsBackend
+
+        conf = settings.backend
+        return NatsBackend(
+            conf.url,
+            prefix=conf.prefix,
+            replicas=conf.replicas,
+            timeout_s=conf.timeout_s,
+            connect_timeout_s=conf.timeout_s,
+            max_entry_bytes=settings.limits.update_bytes_max,
+        )
+    return SqliteBackend(Path(settings.data_dir) / DB_FILE, fsync=settings.fsync)
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:

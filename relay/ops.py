@@ -1,9 +1,12 @@
 """Operational HTTP endpoints: ``/healthz``, ``/metrics`` and the admin snapshot trigger.
 
-``/`` and ``/v1/namespaces*`` are left to the dashboard. Must not import the sync client.
+``/`` and ``/v1/namespaces*`` are :mod:`relay.dashboard`'s and :mod:`relay.views`'. Must
+not import the sync client.
 """
 
 from __future__ import annotations
+
+import time
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -11,8 +14,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from crdtstate._ids import validate_namespace
 from relay.auth import token_from_request
 from relay.backend.base import BackendError
+from relay.drift_view import drift_samples
 from relay.hub import OverloadedError
-from relay.keys import AUTHORIZER, HUB, METRICS
+from relay.keys import AUTHORIZER, BACKEND, HUB, METRICS
 
 __all__ = ["routes"]
 
@@ -33,8 +37,14 @@ async def healthz(request: web.Request) -> web.Response:
 
 @routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus text exposition of the relay's registry."""
-    data = generate_latest(request.app[METRICS].registry)
+    """Prometheus text exposition of the relay's registry.
+
+    The drift gauges are computed here, per scrape, from the loaded namespaces' heartbeats.
+    """
+    relay_metrics = request.app[METRICS]
+    namespaces, replicas = await drift_samples(request.app[HUB], request.app[BACKEND], time.time())
+    relay_metrics.drift.set(namespaces, replicas)
+    data = generate_latest(relay_metrics.registry)
     return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
