@@ -197,6 +197,10 @@ class LiveNamespace:
             peer.kind = PeerKind.YJS
             self.metrics.connections.labels("pending").dec()
             self.metrics.connections.labels("yjs").inc()
+            if self._awareness:
+                # Presence forwarded while it was pending skipped it; y-websocket clients
+                # would not learn it before the next renewal (15 s), so send it all now.
+                peer.send(self._awareness_frame(None))
 
     async def hello(self, peer: Peer, hello: wire.Hello) -> Refusal | None:
         """Make ``peer`` a replica subscriber: bind its key, take over, send catch-up."""
@@ -427,6 +431,12 @@ class LiveNamespace:
         metrics = self.metrics
         sequenced = 0
         sequenced_bytes = 0
+        # Plain Yjs subscribers get the whole batch at once (one queue call per subscriber,
+        # not one per update and subscriber): each update encoded once, with its sender.
+        yjs_frames: list[tuple[bytes, Peer]] | None = None
+        if any(peer.kind is PeerKind.YJS for peer in peers):
+            yjs_frames = []
+        replicas = [peer for peer in peers if peer.kind is PeerKind.REPLICA]
         for pending, result in zip(batch, results, strict=True):
             sender = pending.peer
             entry = pending.entry
@@ -442,23 +452,41 @@ class LiveNamespace:
             sequenced_bytes += len(entry.update)
             frame = wire.encode_broadcast(seq, entry.origin, entry.update)
             self._remember(seq, frame)
-            yjs_frame: bytes | None = None
-            for peer in peers:
-                if peer is sender:
-                    if pending.ack:
-                        peer.send(wire.encode_ack(entry.op_id, seq, False))
-                    continue
-                kind = peer.kind
-                if kind is PeerKind.REPLICA:
+            if yjs_frames is not None:
+                yjs_frames.append((wire.encode_sync_update(entry.update), sender))
+            if pending.ack and sender in peers:
+                sender.send(wire.encode_ack(entry.op_id, seq, False))
+            for peer in replicas:
+                if peer is not sender:
                     peer.broadcast(frame)
-                elif kind is PeerKind.YJS:
-                    if yjs_frame is None:
-                        yjs_frame = wire.encode_sync_update(entry.update)
-                    peer.broadcast(yjs_frame)
+        if yjs_frames:
+            self._fan_out_yjs(yjs_frames)
         if sequenced:
             self.commit_times.append((int(self.head), time.time()))
             metrics.updates_sequenced.inc(sequenced)
             metrics.update_bytes.inc(sequenced_bytes)
+
+    def _fan_out_yjs(self, frames: list[tuple[bytes, Peer]]) -> None:
+        """Queue a committed batch's sync-update frames on every plain Yjs subscriber,
+        except each update to its own sender (the relay never echoes)."""
+        everything: list[bytes] | None = None
+        size = 0
+        written = 0
+        senders = {sender for _, sender in frames}
+        for peer in self.peers:
+            if peer.kind is not PeerKind.YJS:
+                continue
+            if peer in senders:
+                others = [frame for frame, sender in frames if sender is not peer]
+                if others:
+                    written += peer.broadcast_many(others, sum(map(len, others)))
+                continue
+            if everything is None:
+                everything = [frame for frame, _ in frames]
+                size = sum(map(len, everything))
+            written += peer.broadcast_many(everything, size)
+        if written:
+            self.metrics.sent_bytes.inc(written)
 
     def _remember(self, seq: int, frame: bytes) -> None:
         if self._ring_entries_max == 0:

@@ -1,10 +1,11 @@
 """One client connection as the hub sees it: who it is, and its bounded send queue.
 
 Fan-out appends already-encoded frames to each peer's queue (a deque: no task, no copy per
-recipient); one writer task per connection drains the queue, coalescing consecutive
-broadcasts into one batch frame when the peer lags. A queue that overflows is dropped: a
-replica gets ``resync required`` and no more broadcasts until it says hello again; a plain
-Yjs client is closed with 4011 (its provider reconnects and syncs by state vector).
+recipient); one writer task per connection drains the queue, everything waiting in one socket
+write, coalescing consecutive broadcasts into one batch frame when the peer lags. A queue
+that overflows is dropped: a replica gets ``resync required`` and no more broadcasts until
+it says hello again; a plain Yjs client is closed with 4011 (its provider reconnects and
+syncs by state vector).
 
 Owns the queue discipline and the writer loop. Imports ``crdtstate.sync.wire`` and relay
 metrics; must not import the hub or aiohttp (sending is a callable given by ``relay.ws``).
@@ -34,6 +35,9 @@ _log = logging.getLogger("relay.peer")
 _BATCH_BYTES_MAX: Final = 1024 * 1024
 _BATCH_FRAMES_MAX: Final = 1024
 _DIRECT_SLACK: Final = 4
+_WRITE_FRAMES_MAX: Final = 4096
+_WRITE_BYTES_MAX: Final = 1024 * 1024
+"""Most frames and bytes the writer takes from the queue for one socket write."""
 _BROADCAST: Final = bytes((wire.MessageType.CRDTSTATE, wire.ExtType.BROADCAST))
 
 
@@ -58,6 +62,11 @@ class Peer:
         close: closes the socket with a code and reason.
         limits: the relay limits (queue bounds, rates).
         metrics: relay metrics.
+        send_many: writes several frames at once (one socket write); without it the
+            writer calls ``send`` once per frame.
+        write_now: writes frames at once, without waiting, if the socket takes them
+            (returns False when it is closing or backed up): fan-out to an idle connection
+            then needs no queue and no writer wake-up.
     """
 
     def __init__(
@@ -68,6 +77,8 @@ class Peer:
         close: Callable[[int, str], Awaitable[None]],
         limits: LimitSettings,
         metrics: RelayMetrics,
+        send_many: Callable[[list[bytes]], Awaitable[None]] | None = None,
+        write_now: Callable[[list[bytes]], bool] | None = None,
     ) -> None:
         now = time.monotonic()
         self.conn_id = conn_id
@@ -86,6 +97,10 @@ class Peer:
             now,
         )
         self._send = send
+        self._send_many = send_many
+        # Direct writes keep the order only if the writer hands frames to the socket before
+        # it awaits anything, which ``send_many`` does and a per-frame ``send`` loop does not.
+        self._write_now = write_now if send_many is not None else None
         self._close = close
         self._metrics = metrics
         self._frames_max = limits.queue_frames_max
@@ -155,6 +170,38 @@ class Peer:
             return
         self._push(frame)
 
+    def broadcast_many(self, frames: list[bytes], size: int) -> int:
+        """Send or queue several fan-out frames at once, in order (``size``: their total
+        bytes); overflow as in :meth:`broadcast`. Frames are shared with other recipients.
+
+        Returns the bytes written directly (0 when queued or dropped): with nothing queued
+        and a socket that takes them, the frames are written now; the caller counts them
+        in ``sent_bytes`` (once per fan-out, not once per recipient).
+        """
+        if self.desynced or self._close_request is not None or self.closed:
+            return 0
+        queue = self._queue
+        if not queue:
+            # Nothing waits before these frames, and the writer holds none (it hands what it
+            # takes to the socket before it awaits anything): writing now keeps the order.
+            if self._write_now is not None and self._write_now(frames):
+                return size
+            if len(frames) == 1:
+                self._push(frames[0])  # a first frame always fits
+                return 0
+        if (
+            len(queue) + len(frames) > self._frames_max
+            or self._queue_bytes + size > self._bytes_max
+        ):
+            self._overflow(hard=self.kind is not PeerKind.REPLICA)
+            return 0
+        if not queue:
+            self._oldest_at = time.monotonic()
+            self._wake.set()
+        queue.extend(frames)
+        self._queue_bytes += size
+        return 0
+
     def _push(self, frame: bytes) -> None:
         if not self._queue:
             self._oldest_at = time.monotonic()
@@ -199,13 +246,22 @@ class Peer:
                     self._wake.clear()
                     await self._wake.wait()
                     continue
-                waited = time.monotonic() - self._oldest_at
-                frame = self._next_frame()
+                now = time.monotonic()
+                waited = now - self._oldest_at
+                frames, size = self._next_frames()
                 if self._queue:
                     # What stays queued is measured from now on (an underestimate, cheap).
-                    self._oldest_at = time.monotonic()
-                await self._send(frame)
-                metrics.sent_bytes.inc(len(frame))
+                    self._oldest_at = now
+                # Everything queued goes out in one socket write: after a group commit a
+                # subscriber has one frame per update waiting, and a write per frame (a
+                # syscall, a loopback packet) would cost more than the rest of the fan-out.
+                if self._send_many is not None:
+                    await self._send_many(frames)
+                else:
+                    for frame in frames:
+                        await self._send(frame)
+                # Metrics per write, not per frame: they are not free either.
+                metrics.sent_bytes.inc(size)
                 metrics.fanout_lag.observe(waited)
         except (ConnectionError, RuntimeError, OSError) as exc:
             _log.debug("send failed", extra={"conn": self.conn_id, "error": str(exc)})
@@ -216,6 +272,28 @@ class Peer:
         code, reason = self._close_request or (wire.CloseCode.NORMAL, "")
         with contextlib.suppress(ConnectionError, RuntimeError, OSError):
             await self._close(code, reason)
+
+    def _next_frames(self) -> tuple[list[bytes], int]:
+        """Frames for one socket write (whole queue, up to a bound) and their size."""
+        queue = self._queue
+        if (
+            self.kind is not PeerKind.REPLICA
+            and len(queue) <= _WRITE_FRAMES_MAX
+            and self._queue_bytes <= _WRITE_BYTES_MAX
+        ):
+            # Nothing to coalesce (extension broadcasts go to replicas only): take it all.
+            frames = list(queue)
+            size = self._queue_bytes
+            queue.clear()
+            self._queue_bytes = 0
+            return frames, size
+        frames = []
+        size = 0
+        while queue and len(frames) < _WRITE_FRAMES_MAX and size < _WRITE_BYTES_MAX:
+            frame = self._next_frame()
+            frames.append(frame)
+            size += len(frame)
+        return frames, size
 
     def _next_frame(self) -> bytes:
         queue = self._queue

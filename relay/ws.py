@@ -2,7 +2,9 @@
 
 One reader loop per connection decodes each binary message with ``crdtstate.sync.wire`` and
 hands it to the namespace; replies and fan-out go through the connection's
-:class:`~relay.peer.Peer` queue, written by its writer task. Nothing a client sends raises out
+:class:`~relay.peer.Peer` queue, written by its writer task (fan-out to an idle connection is
+written at once). Frames are written to the transport as raw websocket frames, everything
+waiting in one write (permessage-deflate is never negotiated). Nothing a client sends raises out
 of here: a bad frame becomes an error frame (counted in ``/metrics``) and, for the refusals
 documented in ``docs/protocol.md``, a close with a documented code.
 
@@ -15,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import struct
 from typing import Final
 
 from aiohttp import WSMsgType, web
@@ -36,6 +39,24 @@ _log = logging.getLogger("relay.ws")
 _WRITER_STOP_TIMEOUT_S: Final = 6.0
 _CLOSE_TIMEOUT_S: Final = 5.0
 """How long a close waits for the client's close frame."""
+_DRAIN_ABOVE: Final = 256 * 1024
+"""Bytes waiting in the socket's buffer above which the writer waits for it to drain."""
+_BINARY_FIN: Final = 0x82
+_SYNC: Final = int(wire.MessageType.SYNC)
+_SYNC_STEP2: Final = int(wire.SyncType.STEP2)
+_SYNC_UPDATE: Final = int(wire.SyncType.UPDATE)
+_PACK_LEN16: Final = struct.Struct("!BBH").pack
+_PACK_LEN64: Final = struct.Struct("!BBQ").pack
+_SMALL_HEADERS: Final = tuple(bytes((_BINARY_FIN, size)) for size in range(126))
+
+
+def _frame_header(size: int) -> bytes:
+    """RFC 6455 header of an unmasked, unfragmented binary frame (server to client)."""
+    if size < 126:
+        return _SMALL_HEADERS[size]
+    if size < 65536:
+        return _PACK_LEN16(_BINARY_FIN, 126, size)
+    return _PACK_LEN64(_BINARY_FIN, 127, size)
 
 
 async def handle_websocket(request: web.Request) -> web.StreamResponse:
@@ -85,10 +106,59 @@ async def handle_websocket(request: web.Request) -> web.StreamResponse:
     async def send(frame: bytes) -> None:
         await ws.send_bytes(frame)
 
+    transport = request.transport
+    payload_writer = request.writer
+
+    def write(frames: list[bytes]) -> None:
+        # Frames are encoded here and written to the transport in one call (one syscall,
+        # usually one packet) instead of one ``send_bytes`` each: per-recipient sending is
+        # most of a relay's work. Safe beside aiohttp's own writes (pings, close) because
+        # compression is off, so every write is a whole frame, and nothing is written once
+        # the websocket is closing (callers check).
+        assert transport is not None
+        if len(frames) == 1:
+            frame = frames[0]
+            transport.write(_frame_header(len(frame)) + frame)
+            return
+        parts: list[bytes] = []
+        append = parts.append
+        for frame in frames:
+            size = len(frame)
+            append(_SMALL_HEADERS[size] if size < 126 else _frame_header(size))
+            append(frame)
+        transport.write(b"".join(parts))
+
+    async def send_many(frames: list[bytes]) -> None:
+        if ws.closed or transport is None or transport.is_closing():
+            raise ConnectionResetError("websocket is closing")
+        write(frames)
+        if transport.get_write_buffer_size() > _DRAIN_ABOVE:
+            await payload_writer.drain()  # waits while the socket is paused for writing
+
+    def write_now(frames: list[bytes]) -> bool:
+        if (
+            ws.closed
+            or transport is None
+            or transport.is_closing()
+            or transport.get_write_buffer_size() > _DRAIN_ABOVE
+        ):
+            return False
+        write(frames)
+        return True
+
     async def close(code: int, reason: str) -> None:
         await ws.close(code=code, message=reason.encode()[:120])
 
-    peer = Peer(secrets.token_hex(4), access, send, close, limits, metrics)
+    peer = Peer(
+        secrets.token_hex(4),
+        access,
+        send,
+        close,
+        limits,
+        metrics,
+        send_many=send_many,
+        write_now=write_now,
+    )
     hub.connections += 1
     metrics.connections.labels("pending").inc()
     writer = asyncio.create_task(peer.run_writer(), name=f"writer:{peer.conn_id}")
@@ -192,7 +262,33 @@ def _refused(
         peer.request_close(wire.CloseCode.POLICY, "too many protocol errors")
 
 
+def _sync_update(data: bytes) -> bytes | None:
+    """The update carried by a sync update or sync step 2 frame whose length takes one or two
+    varuint bytes, read without building a frame object; None for anything else (then
+    ``wire.decode`` decides, errors included). Trailing bytes are ignored, as there."""
+    if len(data) < 3 or data[0] != _SYNC or (data[1] != _SYNC_UPDATE and data[1] != _SYNC_STEP2):
+        return None
+    length = data[2]
+    start = 3
+    if length >= 0x80:
+        if len(data) < 4 or data[3] >= 0x80:
+            return None
+        length = (length & 0x7F) | (data[3] << 7)
+        start = 4
+    end = start + length
+    if end > len(data):
+        return None
+    return bytes(data[start:end])
+
+
 async def _dispatch(live: LiveNamespace, peer: Peer, data: bytes) -> Refusal | None:
+    update = _sync_update(data)
+    if update is not None:
+        # The hot path (every edit of a plain Yjs client), same as the match arm below.
+        if wire.is_empty_update(update):
+            return None
+        live.mark_yjs(peer)
+        return live.accept_update(peer, update, OpId(0), b"", False)
     try:
         frame = wire.decode(data)
     except wire.FrameError as exc:
