@@ -2,7 +2,9 @@
 
 Owns the top-level parser and its subcommands (argparse subparsers); each subcommand lives
 in its own module and registers itself with an ``add_<name>_command(subparsers)`` function
-that sets a ``handler`` default. Today: ``toxiproxy`` (the fault proxy API server).
+that sets a ``handler`` default. Today: ``toxiproxy`` (the fault proxy API server), ``run``
+(a chaos scenario on real processes), ``check`` (re-check a saved run) and ``simulate``
+(the deterministic simulation over many seeds).
 
 Must not hold subcommand logic itself.
 """
@@ -13,6 +15,8 @@ import argparse
 from collections.abc import Sequence
 
 from chaos.faultproxy.cli import add_toxiproxy_command
+from chaos.run import add_run_command
+from chaos.sim.cli import add_simulate_command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_toxiproxy_command(subparsers)
+    add_run_command(subparsers)
+    add_simulate_command(subparsers)
     return parser
 
 

@@ -191,19 +191,23 @@ def check_history(events: list[Event], kinds: dict[str, str]) -> list[Verdict]:
     """Run every check over a history whose final reads come last, one per replica.
 
     Args:
-        events: the history; the final ``read`` of each process is the last read of it.
+        events: the history; the final ``read`` of each process is the last read of it
+            (reads marked ``phase`` other than ``final`` are polls during the run: skipped).
         kinds: field name -> CRDT kind (``lww``, ``gcounter``, ``pncounter``, ``orset``,
             ``lwwmap``, ``log``).
     """
     ops, reads = fold(events)
     finals: dict[str, Event] = {}
     for read in reads:
-        finals[read.process] = read
+        if (read.read or {}).get("phase", "final") == "final":  # not a poll during the run
+            finals[read.process] = read
     final_reads = list(finals.values())
     verdicts = [check_convergence(final_reads)]
     if not final_reads:
         return verdicts
-    reference = final_reads[0].read or {}
+    # the reference is a replica's read (the relay's document carries no stamps)
+    with_stamps = [r for r in final_reads if "stamps" in (r.read or {})]
+    reference = (with_stamps or final_reads)[0].read or {}
     values: dict[str, Any] = reference.get("values", {})
     stamps: dict[str, Any] = reference.get("stamps", {})
     by_field: dict[str, list[Operation]] = defaultdict(list)

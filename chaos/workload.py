@@ -51,6 +51,8 @@ class Workload:
         rng: the seeded random source (the whole run is reproducible from a seed).
         record: where events go (a list's ``append``, a file writer).
         now: seconds since the start of the run.
+        op_prefix: prefix of operation ids and written values (default: ``process``); a
+            restarted process passes one naming its incarnation, so ids stay unique.
     """
 
     def __init__(
@@ -60,9 +62,12 @@ class Workload:
         rng: random.Random,
         record: Recorder,
         now: Clock,
+        *,
+        op_prefix: str | None = None,
     ) -> None:
         self.replica = replica
         self.process = process
+        self.op_prefix = op_prefix or process
         self.rng = rng
         self.record = record
         self.now = now
@@ -72,12 +77,13 @@ class Workload:
 
     def _next(self) -> str:
         self.count += 1
-        return f"{self.process}-{self.count}"
+        return f"{self.op_prefix}-{self.count}"
 
     def step(self) -> Event:
         """Do one random write; returns its invoke event."""
         state = self.replica.state
         op_id = self._next()
+        op_before = self.replica.last_op_id
         choice = self.rng.randrange(8)
         invoke = Event("invoke", self.process, op=op_id, t=self.now())
         outcome = Event("ok", self.process, op=op_id)
@@ -124,6 +130,10 @@ class Workload:
             self.record(invoke)
             outcome.stamp = list(state.memory.append(op_id))
         outcome.t = self.now()
+        # the store's op id ties the relay's later ack (which knows only that id) to this op;
+        # a write that changed nothing (removing an absent element) made no update at all
+        if self.replica.last_op_id != op_before:
+            outcome.local_op = int(self.replica.last_op_id)
         if self.batch:
             self.pending.append(outcome)
         else:
