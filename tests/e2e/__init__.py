@@ -1,0 +1,1 @@
+"""End-to-end tests: a real relay process and real replica processes (no mocks)."""
