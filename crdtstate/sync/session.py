@@ -78,6 +78,10 @@ class SyncSettings:
     Attributes:
         window: most updates sent and not yet acknowledged.
         heartbeat_interval_s: how often a heartbeat is sent while connected.
+        heartbeat_min_interval_s: least time between two heartbeats; within that limit one
+            is also sent as soon as the replica goes live and after its applied sequence
+            number or acknowledged writes change, so drift views show a caught-up replica
+            as caught up without waiting for the periodic one.
         resend_delay_s: wait before resending an update refused for a transient reason.
         backoff_s_initial: first reconnect delay.
         backoff_s_max: cap of the reconnect delay.
@@ -91,6 +95,7 @@ class SyncSettings:
 
     window: int = 256
     heartbeat_interval_s: float = 10.0
+    heartbeat_min_interval_s: float = 0.5
     resend_delay_s: float = 0.5
     backoff_s_initial: float = 0.1
     backoff_s_max: float = 10.0
@@ -155,6 +160,9 @@ class SyncSession:
         self._resend_at: float | None = None
         self._resend_from: OpId | None = None
         self._next_heartbeat = 0.0
+        self._last_heartbeat: float | None = None
+        self._heartbeat_mark: tuple[ConnectionState, int, int] | None = None
+        self._acks_seen = 0
         self._resync_requested = False
 
     # -- inputs ---------------------------------------------------------------------------
@@ -169,6 +177,7 @@ class SyncSession:
         self._resend_from = None
         self._resync_requested = False
         self._next_heartbeat = now + self.settings.heartbeat_interval_s
+        self._heartbeat_mark = None
         return [self._hello()]
 
     def connection_lost(self, error: str | None = None) -> None:
@@ -241,10 +250,16 @@ class SyncSession:
     def tick(self, now: float) -> list[bytes]:
         """Time passed: returns a heartbeat when due and resends refused updates."""
         out = self.outbox_changed(now)
-        if (
-            self.state in (ConnectionState.CATCHING_UP, ConnectionState.LIVE)
-            and now >= self._next_heartbeat
-        ):
+        if self.state not in (ConnectionState.CATCHING_UP, ConnectionState.LIVE):
+            return out
+        mark = (self.state, int(self.applied_seq), self._acks_seen)
+        changed = mark != self._heartbeat_mark and (
+            self._last_heartbeat is None
+            or now - self._last_heartbeat >= self.settings.heartbeat_min_interval_s
+        )
+        if changed or now >= self._next_heartbeat:
+            self._heartbeat_mark = mark
+            self._last_heartbeat = now
             self._next_heartbeat = now + self.settings.heartbeat_interval_s
             out.append(self._heartbeat())
         return out
@@ -395,6 +410,7 @@ class SyncSession:
             if self._repair_pending:
                 self._repaired()
         else:
+            self._acks_seen += 1
             self._inflight = max(0, self._inflight - 1)
             self.rejected.pop(ack.op_id, None)
             self.target.on_ack(ack.op_id, ack.seq)

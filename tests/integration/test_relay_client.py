@@ -368,3 +368,27 @@ async def test_raw_client_helper_sees_relay_step1(relay: RelayProcess) -> None:
         assert isinstance(await client.recv(), wire.SyncStep1)
     finally:
         await client.close()
+
+
+def _heartbeats(frames: list[bytes]) -> int:
+    return sum(isinstance(wire.decode(f), wire.Heartbeat) for f in frames)
+
+
+async def test_session_heartbeats_when_live_and_after_changes_but_not_faster() -> None:
+    """Drift views need a fresh heartbeat soon after a replica catches up or is acked,
+    without a heartbeat per write: changes are reported at most every min interval."""
+    target = DocTarget("mem", "me")
+    settings = SyncSettings(heartbeat_interval_s=10.0, heartbeat_min_interval_s=0.5)
+    session = SyncSession(target, settings)
+    session.connection_made(0.0)
+    assert _heartbeats(session.tick(0.1)) == 0  # not welcomed yet: nothing to report
+    session.receive(wire.encode(wire.Welcome(1, Seq(0), "i")), 0.2)
+    assert _heartbeats(session.tick(0.3)) == 1  # went live
+    assert _heartbeats(session.tick(0.4)) == 0  # nothing changed
+    first = target.write("a", 1)
+    session.outbox_changed(0.5)
+    session.receive(wire.encode(wire.Ack(OpId(first), Seq(1))), 0.6)
+    assert _heartbeats(session.tick(0.7)) == 0  # changed, but within the min interval
+    assert _heartbeats(session.tick(0.9)) == 1  # the ack is reported
+    assert _heartbeats(session.tick(5.0)) == 0
+    assert _heartbeats(session.tick(11.0)) == 1  # the periodic one
