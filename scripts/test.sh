@@ -8,6 +8,9 @@ if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test,dev,nats]'
+if command -v npm >/dev/null 2>&1; then
+    bash scripts/install-node-deps.sh compat   # the stock Yjs client of tests/compat
+fi
 echo "== ruff"
 .venv/bin/ruff check crdtstate relay chaos tests bench
 echo "== mypy"
