@@ -173,10 +173,17 @@ def recovery(sizes: list[int], root: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument(
+        "--recovery-only",
+        metavar="SIZES",
+        help="only the recovery table, for these comma-separated write counts",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="crdtstate-bench-") as tmp:
         root = Path(tmp)
-        if args.quick:
+        if args.recovery_only:
+            recovery([int(x) for x in args.recovery_only.split(",") if x], root)
+        elif args.quick:
             write_latency(2_000, 50, root)
             apply_throughput(5_000, root)
             recovery([20_000], root)
