@@ -402,14 +402,21 @@ class NatsBackend:
         self._nc = None
         watch = self._meta_watch
         self._meta_watch = None
+        # Every step is bounded with asyncio.wait, which (unlike awaiting the task, or
+        # wait_for) never waits for a task that swallows its cancellation: close must end.
         if watch is not None:
             watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await watch
-        with contextlib.suppress(*_NATS_ERRORS):
-            await asyncio.wait_for(nc.flush(), self._timeout_s)
-        with contextlib.suppress(*_NATS_ERRORS):
-            await nc.close()
+            await asyncio.wait({watch}, timeout=self._timeout_s)
+        for step in (nc.flush(), nc.close()):
+            task = asyncio.ensure_future(step)
+            done, _ = await asyncio.wait({task}, timeout=self._timeout_s)
+            if not done:
+                task.cancel()
+                _log.warning("nats close step timed out", extra={"url": self._shown_url})
+            elif not task.cancelled() and task.exception() is not None:
+                exc = task.exception()
+                if not isinstance(exc, _NATS_ERRORS):
+                    _log.warning("nats close failed", extra={"error": repr(exc)})
         self._spaces.clear()
         self._by_token.clear()
         self._recent.clear()
