@@ -18,41 +18,112 @@ Example::
         r.state.karma.inc(3)
 """
 
-from crdtstate._ids import Namespace, OpId, ReplicaId, Seq
-from crdtstate.crdt import (
-    Field,
-    FieldKind,
-    GCounter,
-    Log,
-    LogEntry,
-    LWWMap,
-    LWWRegister,
-    ORSet,
-    PNCounter,
-    ValueType,
-)
-from crdtstate.doc import Change, NamespaceDoc
-from crdtstate.errors import (
-    AuthError,
-    ConnectError,
-    CorruptStoreError,
-    CrdtStateError,
-    InvalidUpdate,
-    SchemaError,
-    SchemaViolation,
-    StoreClosedError,
-    StoreError,
-    StoreLockedError,
-    SyncTimeout,
-    TransportError,
-    UnknownFieldError,
-    ValidationError,
-    WrongKindError,
-)
-from crdtstate.hlc import HybridClock, Stamp
-from crdtstate.replica import Replica
-from crdtstate.schema import Schema, schema_from_descriptor
-from crdtstate.store import Durability
+# The names below are imported on first use (PEP 562), so importing one submodule (the relay
+# needs ``crdtstate._ids`` and ``crdtstate.sync.wire``) does not load the replica, the store,
+# the schemas and their dependencies. Type checkers see plain imports.
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from crdtstate._ids import Namespace, OpId, ReplicaId, Seq
+    from crdtstate.crdt import (
+        Field,
+        FieldKind,
+        GCounter,
+        Log,
+        LogEntry,
+        LWWMap,
+        LWWRegister,
+        ORSet,
+        PNCounter,
+        ValueType,
+    )
+    from crdtstate.doc import Change, NamespaceDoc
+    from crdtstate.errors import (
+        AuthError,
+        ConnectError,
+        CorruptStoreError,
+        CrdtStateError,
+        InvalidUpdate,
+        SchemaError,
+        SchemaViolation,
+        StoreClosedError,
+        StoreError,
+        StoreLockedError,
+        SyncTimeout,
+        TransportError,
+        UnknownFieldError,
+        ValidationError,
+        WrongKindError,
+    )
+    from crdtstate.hlc import HybridClock, Stamp
+    from crdtstate.replica import Replica
+    from crdtstate.schema import Schema, schema_from_descriptor
+    from crdtstate.store import Durability
+
+_LAZY: dict[str, str] = {
+    "Namespace": "crdtstate._ids",
+    "OpId": "crdtstate._ids",
+    "ReplicaId": "crdtstate._ids",
+    "Seq": "crdtstate._ids",
+    "Field": "crdtstate.crdt",
+    "FieldKind": "crdtstate.crdt",
+    "GCounter": "crdtstate.crdt",
+    "Log": "crdtstate.crdt",
+    "LogEntry": "crdtstate.crdt",
+    "LWWMap": "crdtstate.crdt",
+    "LWWRegister": "crdtstate.crdt",
+    "ORSet": "crdtstate.crdt",
+    "PNCounter": "crdtstate.crdt",
+    "ValueType": "crdtstate.crdt",
+    "Change": "crdtstate.doc",
+    "NamespaceDoc": "crdtstate.doc",
+    "AuthError": "crdtstate.errors",
+    "ConnectError": "crdtstate.errors",
+    "CorruptStoreError": "crdtstate.errors",
+    "CrdtStateError": "crdtstate.errors",
+    "InvalidUpdate": "crdtstate.errors",
+    "SchemaError": "crdtstate.errors",
+    "SchemaViolation": "crdtstate.errors",
+    "StoreClosedError": "crdtstate.errors",
+    "StoreError": "crdtstate.errors",
+    "StoreLockedError": "crdtstate.errors",
+    "SyncTimeout": "crdtstate.errors",
+    "TransportError": "crdtstate.errors",
+    "UnknownFieldError": "crdtstate.errors",
+    "ValidationError": "crdtstate.errors",
+    "WrongKindError": "crdtstate.errors",
+    "HybridClock": "crdtstate.hlc",
+    "Stamp": "crdtstate.hlc",
+    "Replica": "crdtstate.replica",
+    "Schema": "crdtstate.schema",
+    "schema_from_descriptor": "crdtstate.schema",
+    "Durability": "crdtstate.store",
+}
+
+
+def __getattr__(name: str) -> object:
+    import importlib
+
+    module = _LAZY.get(name)
+    if module is not None:
+        value = getattr(importlib.import_module(module), name)
+    elif name.isidentifier() and not name.startswith("_"):
+        # ``crdtstate.replica`` and the like, as when this file imported them eagerly.
+        try:
+            value = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __version__ = "0.1.0"
 

@@ -14,7 +14,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from crdtstate._ids import validate_namespace
 from relay.auth import token_from_request
 from relay.backend.base import BackendError
-from relay.drift_view import drift_samples
 from relay.hub import OverloadedError
 from relay.keys import AUTHORIZER, BACKEND, HUB, METRICS
 
@@ -41,6 +40,8 @@ async def metrics(request: web.Request) -> web.Response:
 
     The drift gauges are computed here, per scrape, from the loaded namespaces' heartbeats.
     """
+    from relay.drift_view import drift_samples  # at the first scrape, not at start
+
     relay_metrics = request.app[METRICS]
     namespaces, replicas = await drift_samples(request.app[HUB], request.app[BACKEND], time.time())
     relay_metrics.drift.set(namespaces, replicas)

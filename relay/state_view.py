@@ -19,8 +19,6 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Final
 
-from crdtstate.doc import NamespaceDoc
-from crdtstate.hlc import HybridClock
 from relay.hub import LiveNamespace
 
 __all__ = ["MaterializedState", "StateCache", "materialize"]
@@ -57,6 +55,11 @@ def materialize(update: bytes) -> MaterializedState:
     Raises:
         crdtstate.errors.InvalidUpdate: the bytes are not a Yjs update.
     """
+    # Imported here, at the first state view, not at start: the schema reader is memory a
+    # relay that nobody reads through never needs.
+    from crdtstate.doc import NamespaceDoc
+    from crdtstate.hlc import HybridClock
+
     doc = NamespaceDoc(_READER_ID, None, client_id=secrets.randbits(32) or 1, clock=HybridClock())
     doc.apply_update(update, notify=False)
     return MaterializedState(

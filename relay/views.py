@@ -19,19 +19,23 @@ import json
 import math
 import time
 from collections.abc import Mapping
-from typing import Any, Final, NoReturn
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 from aiohttp import web
 
 from crdtstate._ids import Namespace, validate_namespace
-from crdtstate.drift import DriftReport, Thresholds, assess
 from crdtstate.errors import InvalidUpdate
 from relay.auth import Authorizer, token_from_request
 from relay.backend.base import BackendError
-from relay.drift_view import Gathered, gather, summarize
 from relay.hub import OverloadedError
 from relay.keys import AUTHORIZER, BACKEND, HUB, SETTINGS
 from relay.state_view import StateCache
+
+if TYPE_CHECKING:
+    # Imported by the views that use them, not at start: the drift models and rich cost the
+    # relay process memory that a relay nobody looks at never needs.
+    from crdtstate.drift import DriftReport, Thresholds
+    from relay.drift_view import Gathered
 
 __all__ = ["NAMESPACES_LISTED_MAX", "STATE_CACHE", "setup_views"]
 
@@ -124,6 +128,8 @@ def _number(query: Mapping[str, str], param: str, kind: type[float] | type[int])
 
 def _thresholds(query: Mapping[str, str]) -> Thresholds:
     """Alert limits from the query (the ``crdtstate drift`` options), defaults otherwise."""
+    from crdtstate.drift import Thresholds
+
     defaults = Thresholds()
     lag = _number(query, "max_lag_seconds", float)
     recovery = _number(query, "max_recovery_seconds", float)
@@ -143,6 +149,8 @@ def _storage_failed(exc: BackendError) -> NoReturn:
 
 
 def _replicas_body(gathered: Gathered, report: DriftReport) -> dict[str, Any]:
+    from relay.drift_view import summarize
+
     body: dict[str, Any] = gathered.view.model_dump(mode="json")
     assessed = {r.replica_id: r for r in report.replicas}
     for entry in body["replicas"]:
@@ -168,6 +176,9 @@ def _replicas_body(gathered: Gathered, report: DriftReport) -> dict[str, Any]:
 @routes.get("/v1/namespaces")
 async def list_namespaces(request: web.Request) -> web.Response:
     """Every namespace the token may read, with replica counts by status and alerts."""
+    from crdtstate.drift import assess
+    from relay.drift_view import gather, summarize
+
     authorizer = request.app[AUTHORIZER]
     token = _token(request)
     open_mode = request.app[SETTINGS].is_open
@@ -212,6 +223,9 @@ async def list_namespaces(request: web.Request) -> web.Response:
 @routes.get("/v1/namespaces/{namespace}/replicas")
 async def namespace_replicas(request: web.Request) -> web.Response:
     """Every replica of a namespace: heartbeat, connection, lag, convergence, alerts."""
+    from crdtstate.drift import assess
+    from relay.drift_view import gather
+
     namespace = _namespace(request)
     thresholds = _thresholds(request.query)
     now = time.time()
