@@ -1,10 +1,17 @@
 """Append-only log: :class:`Log` (an agent's memory).
 
-Layout in the doc: one root ``Array`` per field; each entry is canonical JSON
-``[wall_ms, counter, writer replica id, value]``. Appends go to the end of the array as the
-writer sees it, so an entry is ordered after everything its writer had observed (causal
-order); concurrent appends are ordered by Yjs's deterministic rule (client id), so every
-replica reads the same order after convergence. Entries are never modified or deleted.
+Layout in the doc: one root ``Map`` per field, one key per entry. The key is a tag no
+replica ever issued before (see ``FieldContext.new_tag``); the value is canonical JSON
+``[wall_ms, counter, writer replica id, value]``. Reads order the entries by
+``(wall_ms, counter, replica id, key)``: a total order every replica computes alike once it
+holds the same entries. Before appending, the writer folds the newest stamp of the log into
+its hybrid clock, so an entry sorts after every entry its writer had observed (causal
+order). Entries are never modified or deleted.
+
+Why a map and not a Yjs array: Yrs finds an array index by walking the array's blocks, and
+appends interleaved with other writes never merge into one block, so appending to an
+array of n entries costs time linear in n (about 1 ms per append at 50,000 entries). A map
+insert does not depend on the number of entries.
 """
 
 from __future__ import annotations
@@ -33,7 +40,6 @@ class Log(Field[T]):
     """Append-only sequence with one identical order on every replica after convergence."""
 
     kind = FieldKind.LOG
-    root_kind = "array"
 
     def __init__(self, value_type: type[T], *, doc: str = "") -> None:
         super().__init__(value_type, None, doc=doc)
@@ -44,23 +50,25 @@ class Log(Field[T]):
         return []
 
     def _bind_root(self) -> None:
-        self._root = self.ctx.root_array(self.name)
+        self._root = self.ctx.root_map(self.name)
         self._stamps = []
         self._typed_stamps = []
 
     def _materialize(self) -> tuple[Any, list[SchemaViolation]]:
-        values: list[Any] = []
-        stamps: list[Stamp] = []
+        rows: list[tuple[int, int, str, str, Any]] = []
         problems: list[SchemaViolation] = []
-        for position, item in enumerate(self._root):
+        for key, item in self._root.items():
             entry = _parse_entry(item)
             if entry is None or not json_value_fits(self.json_type, entry[3]):
-                problems.append(SchemaViolation(self.name, f"foreign log entry at {position}"))
+                problems.append(SchemaViolation(self.name, f"foreign log entry {key!r}"))
                 continue
-            values.append(entry[3])
-            stamps.append(Stamp(entry[0], entry[1], entry[2]))
-        self._stamps = stamps
-        return values, problems
+            rows.append((entry[0], entry[1], entry[2], key, entry[3]))
+        rows.sort(key=_order_key)
+        self._stamps = [Stamp(row[0], row[1], row[2]) for row in rows]
+        if rows:
+            # Later appends of this replica must sort after everything read here.
+            self.ctx.clock.observe(rows[-1][0], rows[-1][1])
+        return [row[4] for row in rows], problems
 
     def _convert(self, raw: Any) -> tuple[Any, list[SchemaViolation]]:
         out: list[Any] = []
@@ -101,26 +109,35 @@ class Log(Field[T]):
 
     @locked
     def append(self, value: T) -> Stamp:
-        """Append ``value`` at the end of the log as this replica sees it."""
+        """Append ``value``: it sorts after every entry this replica has seen."""
         as_json = self.to_json(value)
         ctx = self.ctx
         values, _violations = self._materialized()
         wall_ms, counter = ctx.clock.tick()
         encoded = _codec.dumps([wall_ms, counter, ctx.replica_id, as_json])
+        key = ctx.new_tag()
         root = self._root
 
         def mutate() -> None:
-            root.append(encoded)
+            root[key] = encoded
 
         stamp = Stamp(wall_ms, counter, ctx.replica_id)
 
         def after() -> None:
-            values.append(as_json)  # in place: appends stay O(1) on long logs
-            self._stamps.append(stamp)
+            stamps = self._stamps
+            if stamps and stamp <= stamps[-1]:
+                self._cache = None  # cannot happen with a monotonic clock; stay correct anyway
+            else:
+                values.append(as_json)  # in place: appends stay O(1) on long logs
+                stamps.append(stamp)
             self._typed_cache = None
 
         self._commit({"field": self.name, "op": "append", "value": as_json}, mutate, after)
         return stamp
+
+
+def _order_key(row: tuple[int, int, str, str, Any]) -> tuple[int, int, str, str]:
+    return row[0], row[1], row[2], row[3]
 
 
 def _parse_entry(item: Any) -> tuple[int, int, str, Any] | None:

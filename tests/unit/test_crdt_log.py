@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from pycrdt import Array, Doc
+from pycrdt import Doc, Map
 
 from crdtstate import Log, LogEntry, Schema, Stamp, ValidationError
 
@@ -75,11 +75,11 @@ class Notes(Schema):
 
 def test_entries_keep_their_own_stamps_when_foreign_entries_are_skipped(make_doc: Any) -> None:
     raw: Doc[Any] = Doc(client_id=800)
-    items = raw.get("notes", type=Array)
-    items.append('[1,0,"w",5]')  # well formed, but 5 is not a dict
-    items.append('[2,0,"w",{"ok":1}]')
-    items.append("not json")
-    items.append('[3,0,"w",{"ok":2}]')
+    items = raw.get("notes", type=Map)
+    items["e1"] = '[1,0,"w",5]'  # well formed, but 5 is not a dict
+    items["e2"] = '[2,0,"w",{"ok":1}]'
+    items["e3"] = "not json"
+    items["e4"] = '[3,0,"w",{"ok":2}]'
     doc = make_doc("a", schema=Notes)
     doc.apply_update(raw.get_update())
     assert doc.state.notes.value == [{"ok": 1}, {"ok": 2}]
@@ -90,6 +90,6 @@ def test_entries_keep_their_own_stamps_when_foreign_entries_are_skipped(make_doc
     ]
     details = sorted(v.detail for v in doc.violations())
     assert len(details) == 2
-    assert details[0].startswith("entry 0 does not fit") and "foreign log entry at 2" in details[1]
+    assert details[0].startswith("entry 0 does not fit") and "foreign log entry 'e3'" in details[1]
     stamp = doc.state.notes.append({"ok": 3})
     assert doc.state.notes.entries()[-1] == LogEntry({"ok": 3}, stamp)
