@@ -103,7 +103,9 @@ class NamespaceDoc:
         self._doc: Doc[Any] = Doc(client_id=client_id)
         self._captured: list[bytes] = []
         self._unsettled: list[bytes] = []
-        self._empty = True  # nothing written or applied yet
+        # Nothing from elsewhere applied yet: the doc holds at most local writes, made by
+        # this doc's own (fresh) client id, which nothing remote can be waiting for.
+        self._fresh = True
         self._dropped_unsettled = False
         self._remote = False
         self._tags = 0
@@ -153,7 +155,6 @@ class NamespaceDoc:
         """
         if self.write_guard is not None:
             self.write_guard()
-        self._empty = False
         captured = self._captured
         captured.clear()
         with self._doc.transaction():
@@ -226,8 +227,9 @@ class NamespaceDoc:
         olds = {name: self._field_value(name) for name in watched}
         data = bytes(update)
         # Progress can only be seen against the vector from before, needed only when
-        # updates are held; an empty doc (recovery's snapshot) needs no check at all.
-        was_empty = self._empty
+        # updates are held; a fresh doc (recovery's snapshot, a joiner's catch-up) needs no
+        # check at all.
+        was_fresh = self._fresh
         sv_before = self._doc.get_state() if self._unsettled else None
         self._remote = True
         try:
@@ -237,8 +239,8 @@ class NamespaceDoc:
                 if isinstance(exc, KeyboardInterrupt | SystemExit):
                     raise
                 raise InvalidUpdate(f"cannot decode update: {exc}") from exc
-            self._empty = False
-            self._settle(data, was_empty, sv_before)
+            self._fresh = False
+            self._settle(data, was_fresh, sv_before)
         finally:
             self._remote = False
         for field in self.fields.values():
@@ -262,7 +264,7 @@ class NamespaceDoc:
             return True
         return missing[:1] == b"\x00"  # no struct the doc lacks
 
-    def _settle(self, update: bytes, was_empty: bool, sv_before: bytes | None) -> None:
+    def _settle(self, update: bytes, was_fresh: bool, sv_before: bytes | None) -> None:
         """Keep remote updates whose items are not all integrated, and re-apply them.
 
         pycrdt 0.14 embeds yrs 0.27+, which integrates an item that arrives ahead of its
@@ -277,11 +279,14 @@ class NamespaceDoc:
         is dropped and the doc stays unsettled) and applied again whenever a later update
         moved the state vector, until it is integrated.
 
-        A full state applied to an empty doc (a snapshot at recovery) is not checked:
-        the check would decode the whole snapshot a second time.
+        The first update from elsewhere (a snapshot at recovery, a late joiner's catch-up)
+        is not checked: the check would decode the whole snapshot a second time. It is a
+        full state, and local writes made before it (a schema declared at open) change
+        nothing to how it integrates: they belong to this doc's fresh client id, which no
+        remote item can be waiting for.
         """
         sv_after = self._doc.get_state()
-        if not was_empty and not self._integrated(update, sv_after):
+        if not was_fresh and not self._integrated(update, sv_after):
             self._unsettled.append(update)
             while len(self._unsettled) > MAX_UNSETTLED_UPDATES or (
                 len(self._unsettled) > 1 and sum(map(len, self._unsettled)) > MAX_UNSETTLED_BYTES
@@ -310,8 +315,8 @@ class NamespaceDoc:
 
         While ``False`` the doc may hold items beyond its state vector (or wait for
         missing ones): comparing state vectors says nothing about content then. A state
-        vector sync with any peer that has the missing updates settles it. A full state
-        applied to an empty doc (a snapshot at recovery) is taken as complete.
+        vector sync with any peer that has the missing updates settles it. The first update
+        from elsewhere (a snapshot at recovery, a joiner's catch-up) is taken as complete.
         """
         return not self._unsettled and not self._dropped_unsettled
 

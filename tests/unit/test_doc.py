@@ -270,6 +270,37 @@ def test_updates_arriving_out_of_order_still_converge(make_doc: Any) -> None:
     assert b.state.title.value == "y" and b.state.hits.value == 1
 
 
+def test_a_joiners_catch_up_is_decoded_once_even_after_local_writes(
+    make_doc: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replica declares its schema (a local write) before the relay's catch-up arrives:
+    the catch-up is still the first update from elsewhere, applied without the
+    integration check that would decode it a second time; later ones are checked."""
+    import crdtstate.doc as doc_module
+
+    a, b = make_doc("a"), make_doc("b")  # both wrote their schema declarations
+    for i in range(20):
+        a.state.memory.append({"i": i})
+    checks: list[bytes] = []
+    real = doc_module.get_update
+
+    def counting(update: bytes, state: bytes) -> bytes:
+        checks.append(update)
+        return real(update, state)
+
+    monkeypatch.setattr(doc_module, "get_update", counting)
+    b.state.hits.inc()  # more local writes: still fresh
+    full = a.export_update()
+    b.apply_update(full)
+    assert checks == []
+    assert b.settled and b.state.memory.value == a.state.memory.value
+    a.state.hits.inc()
+    diff = a.export_update(b.state_vector())
+    b.apply_update(diff)
+    assert checks == [diff]
+    assert b.state.hits.value == 2
+
+
 def test_foreign_content_in_the_other_half_of_a_root_is_reported(make_doc: Any) -> None:
     raw: Doc[Any] = Doc(client_id=900)
     raw.get("title", type=Array).append("an array item in a map field")
