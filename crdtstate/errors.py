@@ -12,6 +12,7 @@ branches follow what the caller can do about it::
     ├── StoreError             the local store cannot be used
     │   ├── StoreLockedError   another process holds the store
     │   ├── CorruptStoreError  the store's contents cannot be read back
+    │   ├── StoreFullError     the disk (or the store's size limit) is full
     │   └── StoreClosedError   the store was closed
     ├── TransportError         the network path to the relay failed
     │   ├── ConnectError
@@ -82,6 +83,14 @@ class StoreLockedError(StoreError):
 
 class CorruptStoreError(StoreError):
     """The store's files exist but their contents cannot be read back."""
+
+
+class StoreFullError(StoreError):
+    """The store's disk (or its size limit) is full: commits fail until space is freed.
+
+    Writes already taken are kept and retried; new ones are refused before they change
+    anything while the failure lasts.
+    """
 
 
 class StoreClosedError(StoreError):

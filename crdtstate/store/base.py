@@ -110,6 +110,19 @@ class Store(Protocol):
         """
         ...
 
+    def check_writable(self) -> None:
+        """Return if a write would be taken now; otherwise raise the error refusing it.
+
+        A replica calls it before changing its doc, so a store that is failing its commits
+        (a full disk) refuses a write before the doc holds what the store cannot take.
+
+        Raises:
+            StoreFullError: the disk (or the store's size limit) is full.
+            StoreError: commits are failing for another reason.
+            StoreClosedError: the store is closed.
+        """
+        ...
+
     def note_applied(self, seq: Seq) -> None:
         """Record ``applied_seq`` without an update (our own echo)."""
         ...

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from crdtstate._ids import OpId, Seq
-from crdtstate.errors import StoreClosedError, StoreError
+from crdtstate.errors import StoreClosedError, StoreError, StoreFullError
 from crdtstate.store._checks import (
     check_blob,
     check_meta,
@@ -124,6 +124,7 @@ class MemoryStore:
         self._clock = clock
         self._durable = _Durable()
         self._failure: str | None = None
+        self._failure_full = False
         self._restart()
 
     def _restart(self) -> None:
@@ -160,15 +161,19 @@ class MemoryStore:
             StoreError: commits are failing (see :meth:`fail_commits`); nothing is lost,
                 the pending writes stay pending.
         """
+        if not self._pending:
+            # Nothing to commit, nothing that can fail (as SqliteStore's flush returns at
+            # once): an error reported here would stick with no write left to retry.
+            self._error = None
+            return
         if self._failure is not None:
-            self._error = StoreError(
+            kind = StoreFullError if self._failure_full else StoreError
+            self._error = kind(
                 f"memory store: commit of {len(self._pending)} writes failed: {self._failure}; "
                 "they are kept and retried"
             )
             raise self._error
         self._error = None
-        if not self._pending:
-            return
         items, self._pending = self._pending, []
         for item in items:
             self._apply(item)
@@ -198,9 +203,13 @@ class MemoryStore:
             raise StoreError("memory store: reopen() needs close() first (or use crash())")
         self._restart()
 
-    def fail_commits(self, cause: str | None) -> None:
-        """Make every commit fail with ``cause`` (e.g. "disk full"); None heals."""
+    def fail_commits(self, cause: str | None, *, full: bool = False) -> None:
+        """Make every commit fail with ``cause`` (e.g. "disk full"); None heals.
+
+        ``full``: the failure is a full disk, reported as :class:`StoreFullError`.
+        """
         self._failure = cause
+        self._failure_full = full
 
     # ------------------------------------------------------------------------ writes
 
@@ -235,6 +244,10 @@ class MemoryStore:
         self._tail_count += 1
         self._tail_bytes += len(data)
         self._pending.append(_Remote(self._last_tail_id, data, checked))
+
+    def check_writable(self) -> None:
+        """Raise the error that would refuse a write now (see the Store protocol)."""
+        self._check_usable()
 
     def note_applied(self, seq: Seq) -> None:
         """Record ``applied_seq`` without an update; stays pending."""
@@ -367,7 +380,7 @@ class MemoryStore:
     def _check_usable(self) -> None:
         self._check_open()
         if self._error is not None:
-            raise StoreError(f"{self._error} (no new writes accepted until it succeeds)")
+            raise type(self._error)(f"{self._error} (no new writes accepted until it succeeds)")
 
     def _apply(self, item: _Item) -> None:
         """Apply one committed item to the durable state (mirrors SqliteStore._commit)."""

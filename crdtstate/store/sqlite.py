@@ -20,6 +20,7 @@ Must not import pycrdt nor anything above the store.
 from __future__ import annotations
 
 import atexit
+import errno
 import logging
 import sqlite3
 import threading
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from crdtstate._ids import OpId, Seq
-from crdtstate.errors import CorruptStoreError, StoreClosedError, StoreError
+from crdtstate.errors import CorruptStoreError, StoreClosedError, StoreError, StoreFullError
 from crdtstate.store import _sqlite_schema as schema
 from crdtstate.store._checks import (
     check_blob,
@@ -250,6 +251,20 @@ class SqliteStore:
         with self._lock:
             self._check_open()
             self._enqueue((_APPLIED_RESET, checked))
+
+    def check_writable(self) -> None:
+        """Raise the error that would refuse a write now; return if writes are taken.
+
+        Lets a caller find out before it changes anything that the write would be refused
+        (a commit is failing: disk full, read-only file). Nothing is queued.
+
+        Raises:
+            StoreFullError: the disk (or the size limit) is full; retried until it is not.
+            StoreError: another commit failure, not yet retried successfully.
+            StoreClosedError: the store is closed.
+        """
+        with self._lock:
+            self._check_usable()
 
     def ack(self, op_id: OpId, seq: Seq) -> None:
         """The relay sequenced ``op_id`` as ``seq``: drop it from the outbox.
@@ -567,9 +582,9 @@ class SqliteStore:
                 durable = self._commit(batch)
             except Exception as exc:
                 failures += 1
-                # A malformed file (SQLITE_CORRUPT, NOTADB) is corruption; the rest (full,
-                # read-only, I/O) is the environment.
-                kind = CorruptStoreError if type(exc) is sqlite3.DatabaseError else StoreError
+                # A malformed file (SQLITE_CORRUPT, NOTADB) is corruption, a full disk (or
+                # size limit) is StoreFullError; the rest (read-only, I/O) is the environment.
+                kind = _error_kind(exc)
                 error = kind(
                     f"store {self._path}: commit of {len(batch)} writes failed: "
                     f"{_describe(exc)}; they are kept and retried"
@@ -699,6 +714,18 @@ class SqliteStore:
         self._w_applied_seq = applied_seq
         self._w_tail_upto = tail_upto
         return last_op_id
+
+
+def _error_kind(exc: BaseException) -> type[StoreError]:
+    """The error class a failed commit is reported as."""
+    if type(exc) is sqlite3.DatabaseError:
+        return CorruptStoreError
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int) and code & 0xFF == sqlite3.SQLITE_FULL:
+        return StoreFullError
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return StoreFullError
+    return StoreError
 
 
 def _describe(exc: BaseException) -> str:
