@@ -14,6 +14,7 @@ start, state recovered from snapshot + tail before any write, and an exclusive s
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import secrets
 import threading
@@ -31,6 +32,7 @@ from crdtstate.errors import (
     InvalidUpdate,
     SchemaViolation,
     StoreClosedError,
+    StoreError,
     SyncTimeout,
 )
 from crdtstate.hlc import HybridClock
@@ -48,6 +50,8 @@ SNAPSHOT_EVERY_UPDATES = 20_000
 
 SNAPSHOT_EVERY_BYTES = 16 << 20
 """... or this many bytes."""
+
+_log = logging.getLogger("crdtstate")
 
 _PROCESS_START = time.time()
 _RELAY_INCARNATION_KEY = "relay_incarnation"
@@ -88,10 +92,17 @@ class Replica(Generic[S]):
         self._tail_updates, self._tail_bytes = _tail_stats(store)
         self._outbox_listener: Callable[[], None] | None = None
         self._sync: _SyncRunner | None = None
+        # Updates the doc holds and the store refused (its commits began failing between
+        # the check before the doc changed and the append): stored, in order, before
+        # anything else once the store takes writes again. Local ones: (update, op);
+        # remote ones: (update, None), stored without their seq (the relay resends those).
+        self._unstored: list[tuple[bytes, dict[str, Any] | None]] = []
         self.state: S = cast(S, doc.state)
         store.add_durable_listener(self._on_durable)
         doc.recorder = self._record
-        doc.write_guard = self._check_open  # a closed replica refuses writes before the doc changes
+        # A closed replica, or a store refusing writes (disk full), refuses a write before
+        # the doc changes: the doc never holds a local write the store does not.
+        doc.write_guard = self._check_writable
 
     # -- opening and closing ---------------------------------------------------------------
 
@@ -193,6 +204,18 @@ class Replica(Generic[S]):
             if self._sync is not None:
                 self._sync.stop()
         finally:
+            if self._unstored:
+                with self._doc.lock:
+                    try:
+                        self._store_unstored()
+                    except StoreError as exc:
+                        _log.error(
+                            "replica %s closed with %d updates applied in memory and not "
+                            "stored: %s",
+                            self.replica_id,
+                            len(self._unstored),
+                            exc,
+                        )
             self._store.close()
 
     def __enter__(self) -> Replica[S]:
@@ -335,6 +358,7 @@ class Replica(Generic[S]):
         """
         self._check_open()
         with self._doc.lock:
+            self._check_writable()
             self._doc.apply_update(update)
             self._record(bytes(update), {"field": "*", "op": "import", "source": source})
             return int(self._last_op_id)
@@ -347,25 +371,59 @@ class Replica(Generic[S]):
         return self._last_op_id
 
     def flush(self, timeout_s: float | None = None) -> None:
-        """Wait until every write made so far is durable on disk."""
+        """Wait until every write made so far is durable on disk.
+
+        Raises:
+            StoreFullError: the disk is full; the writes are kept and retried.
+            StoreError: the store failed otherwise, or the timeout passed.
+        """
         self._check_open()
+        if self._unstored:
+            with self._doc.lock:
+                self._store_unstored()
         self._store.flush(timeout_s)
 
     def _record(self, update: bytes, op: dict[str, Any]) -> None:
         if self._closed:
             raise StoreClosedError(f"replica {self.replica_id!r} is closed")
-        self._last_op_id = self._store.append_local(update, op)
+        store = self._store
+        queued_before = store.outbox_len()
+        try:
+            self._last_op_id = store.append_local(update, op)
+        except StoreClosedError:
+            raise
+        except StoreError as exc:
+            # The doc already holds this write and a Yjs item cannot be taken back: were it
+            # dropped, every later update of this process would have a hole no peer could
+            # fill. A SYNC commit failure keeps it queued in the store (the outbox grew);
+            # otherwise it waits here and is stored (and sent) before the next write.
+            if store.outbox_len() <= queued_before:
+                self._unstored.append((bytes(update), dict(op)))
+            raise type(exc)(
+                f"local write not durable: {exc}; it is applied in memory and will be stored "
+                "and sent once the store takes writes again"
+            ) from exc
         self._after_append(len(update))
 
     def _after_append(self, size: int) -> None:
         self._tail_updates += 1
         self._tail_bytes += size
         if self._tail_updates >= SNAPSHOT_EVERY_UPDATES or self._tail_bytes >= SNAPSHOT_EVERY_BYTES:
-            self.snapshot()
+            try:
+                self.snapshot()
+            except StoreError as exc:
+                # The update itself is stored: its caller must not see a failure. The
+                # counters stay up, so the next append tries the snapshot again.
+                _log.warning("replica %s: snapshot failed, retried later: %s", self.replica_id, exc)
 
     def snapshot(self) -> None:
-        """Write a local snapshot now so the next start replays a short tail."""
+        """Write a local snapshot now so the next start replays a short tail.
+
+        Raises:
+            StoreError: the store refused it (disk full); nothing changed.
+        """
         with self._doc.lock:
+            self._store_unstored()
             self._store.write_snapshot(self._doc.export_update())
             self._tail_updates = 0
             self._tail_bytes = 0
@@ -374,14 +432,62 @@ class Replica(Generic[S]):
         if self._closed:
             raise StoreClosedError(f"replica {self.replica_id!r} is closed")
 
+    def _check_writable(self) -> None:
+        """Refuse a write before the doc changes: replica closed, or store failing.
+
+        Stores first what an earlier refusal left only in the doc, so the store's order is
+        the doc's order.
+
+        Raises:
+            StoreClosedError: the replica is closed.
+            StoreFullError: the disk (or the store's size limit) is full.
+            StoreError: the store is failing its commits for another reason.
+        """
+        self._check_open()
+        with self._doc.lock:
+            self._store_unstored()
+            self._store.check_writable()
+
+    def _store_unstored(self) -> None:
+        """Store what the doc holds and the store refused earlier (doc lock held)."""
+        store = self._store
+        while self._unstored:
+            update, op = self._unstored[0]
+            if op is None:
+                store.append_remote(update, None)
+            else:
+                queued_before = store.outbox_len()
+                try:
+                    self._last_op_id = store.append_local(update, op)
+                except StoreError:
+                    if store.outbox_len() > queued_before:  # SYNC: queued, the store retries
+                        del self._unstored[0]
+                    raise
+            del self._unstored[0]
+            self._after_append(len(update))
+
     # -- SyncTarget ------------------------------------------------------------------------
 
     def apply_remote(self, update: bytes, seq: Seq | None) -> None:
-        """Apply an update from the relay; record ``seq`` as applied (SyncTarget)."""
-        self._check_open()
+        """Apply an update from the relay; record ``seq`` as applied (SyncTarget).
+
+        Raises:
+            InvalidUpdate: the bytes are not a usable update; nothing changed.
+            StoreError: the store refuses writes (``StoreFullError``: disk full). The doc
+                is left unchanged and ``applied_seq`` does not move: the session asks the
+                relay for the update again later.
+        """
         with self._doc.lock:
+            self._check_writable()
             self._doc.apply_update(update)
-            self._store.append_remote(bytes(update), seq)
+            data = bytes(update)
+            try:
+                self._store.append_remote(data, seq)
+            except StoreError:
+                # The store began failing after the check: the doc holds the update, the
+                # store will once it takes writes again. Its seq is not claimed.
+                self._unstored.append((data, None))
+                raise
             if seq is not None and seq > self._applied_seq:
                 self._applied_seq = seq
             self._after_append(len(update))
