@@ -38,6 +38,7 @@ from crdtstate.sync.session import (
     ConnectionState,
     Fatal,
     Rejected,
+    StoreFailed,
     SyncSession,
     SyncSettings,
 )
@@ -361,6 +362,8 @@ class SyncClient:
             elif isinstance(event, Fatal):
                 self.fatal = event.error
                 fatal = True
+            elif isinstance(event, StoreFailed):
+                _log.warning("local store refused relay updates, retrying: %s", event.error)
         return fatal
 
     async def _pump(self, transport: Transport) -> None:

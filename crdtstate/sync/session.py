@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from crdtstate._ids import OpId, Seq
-from crdtstate.errors import AuthError, CrdtStateError, InvalidUpdate, ProtocolError
+from crdtstate.errors import AuthError, CrdtStateError, InvalidUpdate, ProtocolError, StoreError
 from crdtstate.sync import wire
 from crdtstate.sync.target import SyncTarget
 
@@ -32,6 +32,7 @@ __all__ = [
     "Event",
     "Fatal",
     "Rejected",
+    "StoreFailed",
     "SyncSession",
     "SyncSettings",
 ]
@@ -82,7 +83,8 @@ class SyncSettings:
             is also sent as soon as the replica goes live and after its applied sequence
             number or acknowledged writes change, so drift views show a caught-up replica
             as caught up without waiting for the periodic one.
-        resend_delay_s: wait before resending an update refused for a transient reason.
+        resend_delay_s: wait before resending an update refused for a transient reason,
+            and before asking the relay again for updates the local store refused.
         backoff_s_initial: first reconnect delay.
         backoff_s_max: cap of the reconnect delay.
         backoff_jitter: fraction of the delay randomized away (0..1).
@@ -131,7 +133,18 @@ class Fatal:
     error: CrdtStateError
 
 
-Event = Acked | Rejected | Fatal
+@dataclass(frozen=True, slots=True)
+class StoreFailed:
+    """The local store refused what the relay sent (disk full): it was not applied.
+
+    Nothing past it is recorded as applied; the session asks the relay again after
+    ``resend_delay_s`` (and with every reconnect) until the store takes it.
+    """
+
+    error: StoreError
+
+
+Event = Acked | Rejected | Fatal | StoreFailed
 
 
 class SyncSession:
@@ -150,6 +163,8 @@ class SyncSession:
         self.applied_seq = Seq(target.applied_seq)
         self.incarnation: str = str(getattr(target, "relay_incarnation", "") or "")
         self.last_error: str | None = None
+        self.store_error: StoreError | None = None
+        """The local store's refusal while it lasts (None once an update is applied)."""
         self.rejected: dict[OpId, Rejected] = {}
         self.gaps = 0
         self._events: list[Event] = []
@@ -164,6 +179,12 @@ class SyncSession:
         self._heartbeat_mark: tuple[ConnectionState, int, int] | None = None
         self._acks_seen = 0
         self._resync_requested = False
+        # Set while the store refuses relay updates: nothing is applied until then, when
+        # the session asks the relay again from what it really applied.
+        self._store_retry_at: float | None = None
+        self._resync_deferred = False
+        self._incarnation_unsaved = False
+        self._now = 0.0  # of the frame being handled
 
     # -- inputs ---------------------------------------------------------------------------
 
@@ -176,6 +197,8 @@ class SyncSession:
         self._resend_at = None
         self._resend_from = None
         self._resync_requested = False
+        self._store_retry_at = None  # the hello asks from what was really applied
+        self._resync_deferred = False
         self._next_heartbeat = now + self.settings.heartbeat_interval_s
         self._heartbeat_mark = None
         return [self._hello()]
@@ -189,6 +212,7 @@ class SyncSession:
 
     def receive(self, data: bytes, now: float) -> list[bytes]:
         """Handle one frame from the relay; returns the frames to send in answer."""
+        self._now = now
         try:
             frame = wire.decode(data)
         except wire.FrameError as exc:
@@ -208,10 +232,10 @@ class SyncSession:
             case wire.Welcome():
                 out.extend(self._on_welcome(frame))
             case wire.Snapshot(seq=seq, update=update):
-                self._apply(update, seq)
-                self.applied_seq = seq
                 self.head_seq = Seq(max(self.head_seq, seq))
-                self._check_live()
+                if self._store_retry_at is None and self._apply(update, seq) is not None:
+                    self.applied_seq = seq
+                    self._check_live()
             case wire.Broadcast():
                 out.extend(self._on_broadcast(frame))
             case wire.BroadcastBatch(entries=entries):
@@ -232,7 +256,8 @@ class SyncSession:
                 self.last_error = f"relay denied access: {reason}"
             case wire.SyncUpdate(update=update) | wire.SyncStep2(update=update):
                 # Not expected after a hello; harmless to apply (no seq attached).
-                self._apply(update, None)
+                if self._store_retry_at is None:
+                    self._apply(update, None)
             case _:
                 pass  # awareness, and frames only a relay receives
         if self.state in (ConnectionState.CATCHING_UP, ConnectionState.LIVE):
@@ -243,9 +268,15 @@ class SyncSession:
         """New durable outbox entries may exist: returns update frames to send."""
         if self._resend_at is not None and now >= self._resend_at:
             self._rewind()
+        out: list[bytes] = []
+        if self._store_retry_at is not None and now >= self._store_retry_at:
+            out.extend(self._retry_store())
+        if self._incarnation_unsaved and not self._repair_pending:
+            self._persist_incarnation()
         if self.state not in (ConnectionState.CATCHING_UP, ConnectionState.LIVE):
-            return []
-        return self._pump()
+            return out
+        out.extend(self._pump())
+        return out
 
     def tick(self, now: float) -> list[bytes]:
         """Time passed: returns a heartbeat when due and resends refused updates."""
@@ -313,6 +344,9 @@ class SyncSession:
             resetter: Callable[[Seq], None] | None = getattr(self.target, "reset_applied", None)
             if resetter is not None:
                 resetter(Seq(0))
+            # Whatever the store refused belonged to the old log; the snapshot replaces it.
+            self._store_retry_at = None
+            self._resync_deferred = False
         if lost:
             self._repair_pending = True
             self.last_error = "relay lost state (new incarnation or head behind us); repairing"
@@ -336,8 +370,20 @@ class SyncSession:
 
     def _persist_incarnation(self) -> None:
         setter: Callable[[str], None] | None = getattr(self.target, "set_relay_incarnation", None)
-        if setter is not None:
+        if setter is None:
+            return
+        try:
             setter(self.incarnation)
+        except StoreError as exc:
+            # Until it is saved a restarted replica takes the relay for a new one and does
+            # a full resync and a repair: safe, only slower. Tried again with every tick.
+            self._incarnation_unsaved = True
+            self._store_failed(exc, None)
+            return
+        if self._incarnation_unsaved:
+            self._incarnation_unsaved = False
+            if self._store_retry_at is None:
+                self.store_error = None
 
     def _repaired(self) -> None:
         self._repair_pending = False
@@ -361,13 +407,45 @@ class SyncSession:
         if self.state is ConnectionState.CATCHING_UP and self.applied_seq >= self.head_seq:
             self.state = ConnectionState.LIVE
 
-    def _apply(self, update: bytes, seq: Seq | None) -> bool:
+    def _apply(self, update: bytes, seq: Seq | None) -> bool | None:
+        """Apply ``update``: True if applied, False if invalid, None if the store refused."""
         try:
             self.target.apply_remote(update, seq)
         except InvalidUpdate as exc:
             self.last_error = f"relay sent an update we cannot apply: {exc}"
             return False
+        except StoreError as exc:
+            self._store_failed(exc, self._now)
+            return None
+        self.store_error = None
         return True
+
+    def _store_failed(self, error: StoreError, now: float | None) -> None:
+        """The store refused a write: say so, and (``now`` given) stop applying for a while.
+
+        What the relay sends meanwhile is dropped, not applied: the retry (or the next
+        connection) asks for everything after ``applied_seq`` again.
+        """
+        self.last_error = f"local store refused a relay update, retrying: {error}"
+        if self.store_error is None:
+            self._events.append(StoreFailed(error))
+        self.store_error = error
+        if now is not None and self._store_retry_at is None:
+            self._store_retry_at = now + self.settings.resend_delay_s
+
+    def _retry_store(self) -> list[bytes]:
+        self._store_retry_at = None
+        deferred, self._resync_deferred = self._resync_deferred, False
+        if self.state in (ConnectionState.CATCHING_UP, ConnectionState.LIVE) or (
+            deferred and self.state is ConnectionState.HANDSHAKE
+        ):
+            # What arrived meanwhile was dropped, the answer to a resync asked before
+            # included: this hello must go regardless.
+            self._resync_requested = False
+            return self._resync()
+        # Not connected (the next hello asks from applied_seq), or a welcome is on its
+        # way whose catch-up starts at or below applied_seq.
+        return []
 
     def _on_broadcast(self, entry: wire.Broadcast) -> list[bytes]:
         seq = entry.seq
@@ -378,24 +456,31 @@ class SyncSession:
         """Account for ``seq`` (``update`` None: our own update, already local)."""
         if seq > self.head_seq:
             self.head_seq = seq
-        if seq <= self.applied_seq:
+        if seq <= self.applied_seq or self._store_retry_at is not None:
             return []
         if seq == self.applied_seq + 1:
             if update is None:
                 self.target.note_applied(seq)
-            elif not self._apply(update, seq):
-                return self._resync()
+            else:
+                applied = self._apply(update, seq)
+                if applied is None:
+                    return []  # the store refused it: asked again after a pause
+                if not applied:
+                    return self._resync()
             self.applied_seq = seq
             self._check_live()
             return []
         # A gap: keep the bytes (Yjs holds what it cannot integrate yet) but do not claim
         # the seq; catch up again from what we really applied.
         self.gaps += 1
-        if update is not None:
-            self._apply(update, None)
+        if update is not None and self._apply(update, None) is None:
+            return []
         return self._resync()
 
     def _resync(self) -> list[bytes]:
+        if self._store_retry_at is not None:
+            self._resync_deferred = True  # sent when the store is tried again
+            return []
         if self._resync_requested:
             return []
         self._resync_requested = True
