@@ -2,7 +2,8 @@
 
 A store's writer must never meet a value it cannot write (that would wedge it on a poison
 item), so everything a caller hands over is checked and encoded here first, with an error
-naming what was wrong. Imports only the id types; must not import pycrdt or any store.
+naming what was wrong. Imports only the id types and the JSON codec; must not import
+pycrdt or any store.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 from collections.abc import Mapping
 from typing import Any, Final
 
+from crdtstate._codec import NestingError, make_encoder
 from crdtstate._ids import OpId, Seq
 
 MAX_BLOB_BYTES: Final = 512 * 1024 * 1024
@@ -21,8 +23,8 @@ MAX_INT: Final = 2**63 - 1
 
 MAX_META_KEY_CHARS: Final = 1024
 
-# Built once: json.dumps with non-default arguments builds a new encoder on every call.
-_ENCODER: Final = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
+# ASCII only: a lone surrogate must not reach SQLite's UTF-8 text binding in the writer.
+_encode_json: Final = make_encoder(sort_keys=False, ensure_ascii=True)
 _DECODER: Final = json.JSONDecoder()
 
 
@@ -59,11 +61,11 @@ def encode_op(op: object) -> str:
         raise TypeError(f"op must be a mapping (a JSON object), not {type(op).__name__}")
     as_dict = op if isinstance(op, dict) else dict(op)
     try:
-        text = _ENCODER.encode(as_dict)
+        text = _encode_json(as_dict)
+    except NestingError as exc:
+        raise ValueError("op is nested too deeply to encode") from exc
     except (TypeError, ValueError) as exc:
         raise TypeError(f"op is not JSON-encodable: {exc}") from exc
-    except RecursionError as exc:
-        raise ValueError("op is nested too deeply to encode") from exc
     if _is_flat_json(as_dict):
         return text  # every value encodes exactly: no need to decode it again
     try:
