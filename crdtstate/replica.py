@@ -378,10 +378,13 @@ class Replica(Generic[S]):
             StoreError: the store failed otherwise, or the timeout passed.
         """
         self._check_open()
+        started = time.monotonic()
+        self._store.flush(timeout_s)  # waits for the store's own retries to succeed
         if self._unstored:
             with self._doc.lock:
                 self._store_unstored()
-        self._store.flush(timeout_s)
+            left = None if timeout_s is None else max(0.0, timeout_s - (time.monotonic() - started))
+            self._store.flush(left)
 
     def _record(self, update: bytes, op: dict[str, Any]) -> None:
         if self._closed:
