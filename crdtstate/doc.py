@@ -14,11 +14,11 @@ from __future__ import annotations
 import hashlib
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pycrdt import Array, Doc, Map, get_update
+from pycrdt import Array, Doc, Map, get_update, merge_updates
 
 from crdtstate import _codec
 from crdtstate.crdt.base import Field
@@ -33,6 +33,9 @@ SCHEMA_META_KEY = "@schema"
 
 MAX_UPDATE_BYTES = 64 << 20
 """Largest update accepted by :meth:`NamespaceDoc.apply_update` (64 MiB)."""
+
+RESTORE_GROUP_BYTES = 8 << 20
+"""Largest run of stored updates merged into one at recovery (well under MAX_UPDATE_BYTES)."""
 
 MAX_UNSETTLED_UPDATES = 1024
 """Remote updates kept for re-application while their items are not all integrated."""
@@ -249,6 +252,34 @@ class NamespaceDoc:
             self.refresh_declared()
         for name in watched:
             self.notify(name, olds[name], self._field_value(name), local=False)
+
+    def restore(self, snapshot: bytes | None, tail: Sequence[bytes]) -> None:
+        """Rebuild the state from a local snapshot and the updates stored after it.
+
+        The tail is merged into a few large updates before it is applied: every apply
+        checks that its items integrated (decoding the update a second time), which for
+        thousands of small updates costs more than the updates themselves. A merge is the
+        union of their items and deletions, so the state is the one applying them one by
+        one gives. A group that does not merge is applied update by update, so an
+        unreadable one is named by the error.
+
+        Raises:
+            InvalidUpdate: a stored update cannot be decoded.
+        """
+        if snapshot is not None:
+            self.apply_update(snapshot, notify=False)
+        for group in _groups_by_size(tail, RESTORE_GROUP_BYTES):
+            if len(group) > 1:
+                try:
+                    merged = merge_updates(*group)
+                except BaseException as exc:  # pycrdt raises ValueError; a Rust panic too
+                    if isinstance(exc, KeyboardInterrupt | SystemExit):
+                        raise
+                else:
+                    self.apply_update(merged, notify=False)
+                    continue
+            for update in group:
+                self.apply_update(update, notify=False)
 
     def _integrated(self, update: bytes, state_vector: bytes | None = None) -> bool:
         """Whether every item of ``update`` is integrated (none pending, none past a hole).
@@ -511,3 +542,17 @@ class _SchemaField(Field[Any]):
 
 
 _SCHEMA_FIELD = _SchemaField()
+
+
+def _groups_by_size(updates: Sequence[bytes], limit: int) -> Iterator[list[bytes]]:
+    """Consecutive runs of ``updates`` of at most ``limit`` bytes (or one larger update)."""
+    group: list[bytes] = []
+    size = 0
+    for update in updates:
+        if group and size + len(update) > limit:
+            yield group
+            group, size = [], 0
+        group.append(update)
+        size += len(update)
+    if group:
+        yield group

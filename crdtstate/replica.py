@@ -168,10 +168,7 @@ class Replica(Generic[S]):
                 clock=clock or HybridClock(),
             )
             try:
-                if loaded.snapshot is not None:
-                    doc.apply_update(loaded.snapshot, notify=False)
-                for update in loaded.tail:
-                    doc.apply_update(update, notify=False)
+                doc.restore(loaded.snapshot, loaded.tail)
             except InvalidUpdate as exc:
                 raise CorruptStoreError(f"{store.path}: stored update unreadable: {exc}") from exc
             doc.refresh_declared()

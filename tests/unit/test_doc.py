@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from pycrdt import Array, Doc, Map
 
+import crdtstate.doc as doc_module
 from crdtstate import (
     Change,
     GCounter,
@@ -276,8 +277,6 @@ def test_a_joiners_catch_up_is_decoded_once_even_after_local_writes(
     """A replica declares its schema (a local write) before the relay's catch-up arrives:
     the catch-up is still the first update from elsewhere, applied without the
     integration check that would decode it a second time; later ones are checked."""
-    import crdtstate.doc as doc_module
-
     a, b = make_doc("a"), make_doc("b")  # both wrote their schema declarations
     for i in range(20):
         a.state.memory.append({"i": i})
@@ -324,3 +323,49 @@ def test_notify_false_skips_subscribers(make_doc: Any) -> None:
     a.state.n.inc()
     b.apply_update(a.export_update(), notify=False)
     assert seen == [] and b.state.n.value == 1
+
+
+def _recorded_updates(make_doc: Any) -> tuple[list[bytes], str]:
+    """Updates of three writers interleaved as one replica would have stored them."""
+    writers = [make_doc(name) for name in "abc"]
+    stored = [doc.export_update() for doc in writers]  # their schema declarations
+    for doc in writers:
+        doc.recorder = lambda update, op: stored.append(update)
+    for i in range(40):
+        s: Any = writers[i % 3].state
+        s.hits.inc(i + 1)
+        s.followers.add(f"f{i % 5}")
+        if i % 4 == 0:
+            s.followers.remove(f"f{(i + 1) % 5}")
+        s.config.set(f"k{i % 3}", i)
+        s.memory.append({"i": i})
+        s.title.set(f"t{i}")
+    for a in writers:
+        for b in writers:
+            if a is not b:
+                b.apply_update(a.export_update(b.state_vector()))
+    assert len({doc.digest() for doc in writers}) == 1
+    return stored, writers[0].digest()
+
+
+def test_restore_merging_the_tail_gives_the_state_of_applying_it_update_by_update(
+    make_doc: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stored, expected = _recorded_updates(make_doc)
+    one_by_one = make_doc("r1")
+    for update in stored:
+        one_by_one.apply_update(update)
+    merged = make_doc("r2")
+    merged.restore(None, stored)
+    monkeypatch.setattr(doc_module, "RESTORE_GROUP_BYTES", 200)  # many small groups
+    grouped = make_doc("r3")
+    grouped.restore(stored[0], stored[1:])
+    assert one_by_one.digest() == merged.digest() == grouped.digest() == expected
+    assert one_by_one.settled and merged.settled and grouped.settled
+
+
+def test_restore_names_an_unreadable_stored_update(make_doc: Any) -> None:
+    stored, _ = _recorded_updates(make_doc)
+    doc = make_doc("r")
+    with pytest.raises(InvalidUpdate, match="cannot decode update"):
+        doc.restore(None, [*stored[:5], b"\x01\x02garbage", *stored[5:]])
