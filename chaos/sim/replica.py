@@ -35,7 +35,14 @@ from crdtstate.replica import Replica
 from crdtstate.store.base import Durability
 from crdtstate.store.memory import MemoryStore
 from crdtstate.sync import wire
-from crdtstate.sync.session import Acked, ConnectionState, Fatal, Rejected, SyncSession
+from crdtstate.sync.session import (
+    Acked,
+    ConnectionState,
+    Fatal,
+    Rejected,
+    StoreFailed,
+    SyncSession,
+)
 
 if TYPE_CHECKING:
     from chaos.sim.world import ClientProfile, World
@@ -368,6 +375,9 @@ class SimReplica:
                 world.fail(f"relay rejected {self.name}'s op {event.op_id}: {event.message}")
             elif isinstance(event, Fatal):
                 world.fail(f"relay refused {self.name} for good: {event.error}")
+            elif isinstance(event, StoreFailed):
+                refused = type(event.error).__name__
+                world.trace.add(world.now, f"{self.name} store refused relay update: {refused}")
         if session.state is ConnectionState.LIVE:
             conn.reached_live = True
         self._after_store_change()
