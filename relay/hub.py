@@ -3,7 +3,11 @@
 A :class:`LiveNamespace` is loaded (snapshot + log tail) on first use and holds the pycrdt
 doc every accepted update is applied to, the connections subscribed to it, a ring of recently
 encoded broadcasts for cheap catch-up, awareness states and the latest heartbeat of each
-replica. Updates are checked and applied here, then committed by the namespace's
+replica. The doc is built from the stored bytes only when something needs it (a write, a
+state-vector diff, a snapshot) or once catch-up traffic went quiet after the load: until
+then a late joiner with an empty state vector gets the stored snapshot as is, followed by
+the stored tail as broadcasts, and a large namespace is ready for it without decoding the
+snapshot first. Updates are checked and applied here, then committed by the namespace's
 :class:`~relay.sequencer.Sequencer`; only after the commit are they acknowledged and fanned
 out (each broadcast encoded once, its bytes queued on every other subscriber).
 
@@ -30,7 +34,14 @@ from pycrdt import Doc
 from crdtstate._ids import Namespace, OpId, ReplicaId, Seq
 from crdtstate.sync import wire
 from relay.auth import SignatureVerifier, TokenBucket
-from relay.backend.base import AppendResult, Backend, BackendError, NewEntry
+from relay.backend.base import (
+    AppendResult,
+    Backend,
+    BackendError,
+    LogEntry,
+    NewEntry,
+    StoredSnapshot,
+)
 from relay.compaction import SnapshotOutcome, take_snapshot
 from relay.config import Access, RelaySettings, ResolvedPolicy
 from relay.metrics import RelayMetrics
@@ -48,6 +59,13 @@ _HEARTBEAT_BYTES_MAX: Final = 64 * 1024
 _COMMIT_TIMES_MAX: Final = 1024
 _NO_OP: Final = OpId(0)
 _EMPTY_STATE_VECTOR: Final = b"\x00"
+_BUILD_QUIET_S: Final = 2.0
+"""The doc of a namespace loaded from storage is built in the background (blocking the event
+loop while pycrdt decodes it) once the stored bytes were not served for this long and every
+connection's writes drained..."""
+_BUILD_WAIT_S_MAX: Final = 30.0
+"""... or this long after the load at the latest (anything needing it builds it sooner)."""
+_BUILD_POLL_S: Final = 0.02
 
 
 class OverloadedError(Exception):
@@ -92,9 +110,8 @@ class LiveNamespace:
         name: Namespace,
         incarnation: str,
         head: Seq,
-        doc: Doc[Any],
-        doc_bytes: int,
-        snapshot_seq: Seq,
+        snapshot: StoredSnapshot | None,
+        tail: list[LogEntry],
         settings: RelaySettings,
         backend: Backend,
         metrics: RelayMetrics,
@@ -103,9 +120,11 @@ class LiveNamespace:
         self.name = name
         self.incarnation = incarnation
         self.head = head
-        self.doc = doc
-        self.doc_bytes = doc_bytes
-        self.snapshot_seq = snapshot_seq
+        # Stored bytes estimate the document's size without encoding it again.
+        self.doc_bytes = (0 if snapshot is None else len(snapshot.update)) + sum(
+            len(entry.update) for entry in tail
+        )
+        self.snapshot_seq = snapshot.seq if snapshot is not None else Seq(0)
         self.snapshot_at = time.monotonic()
         self.settings = settings
         self.policy: ResolvedPolicy = settings.policy_for(name)
@@ -131,6 +150,16 @@ class LiveNamespace:
         self._ring_bytes_max = limits.catchup_ring_bytes
         self._awareness: dict[int, tuple[int, str, Peer]] = {}
         self._full_frame: tuple[int, int, bytes] | None = None
+        # The doc, built at first need from what the load read (snapshot, then the log
+        # entries after it, in seq order); until then connections are owed a sync step 1.
+        self._doc: Doc[Any] | None = None
+        self._stored: tuple[StoredSnapshot | None, list[LogEntry]] | None = (snapshot, tail)
+        self._stored_origins = frozenset(entry.origin for entry in tail)
+        self._stored_frame: bytes | None = None
+        self._build_error: str | None = None
+        self._builder: asyncio.Task[None] | None = None
+        self._step1_owed: set[Peer] = set()
+        self._served_stored_at = time.monotonic()
         self._takeovers: dict[ReplicaId, deque[tuple[str, float]]] = {}
         self._bucket = TokenBucket(
             self.policy.updates_per_s, self.policy.updates_burst, time.monotonic()
@@ -145,6 +174,155 @@ class LiveNamespace:
             pending_max=limits.pending_updates_max,
         )
         self.on_failure: Callable[[LiveNamespace], None] = lambda _ns: None
+        if tail and tail[-1].seq == head:
+            # The stored tail is the newest part of the log: catch-up can use it as is.
+            for entry in tail:
+                self._remember(
+                    int(entry.seq), wire.encode_broadcast(entry.seq, entry.origin, entry.update)
+                )
+
+    # -- the document -----------------------------------------------------------------------
+
+    @property
+    def doc(self) -> Doc[Any]:
+        """The namespace document, built from the stored bytes at first use.
+
+        Raises:
+            BackendError: the stored snapshot cannot be read; the namespace has failed.
+        """
+        doc = self._doc
+        if doc is None:
+            doc = self._build()
+        return doc
+
+    @property
+    def built(self) -> bool:
+        """True once the doc is built (False while only the stored bytes are held)."""
+        return self._doc is not None
+
+    def _build(self) -> Doc[Any]:
+        if self._build_error is not None:
+            raise BackendError(self._build_error)
+        stored = self._stored
+        assert stored is not None
+        snapshot, tail = stored
+        started = time.monotonic()
+        doc: Doc[Any] = Doc()
+        if snapshot is not None:
+            problem = _apply(doc, snapshot.update)
+            if problem is not None:
+                self._build_error = (
+                    f"namespace {self.name!r}: stored snapshot unreadable: {problem}"
+                )
+                _log.error(
+                    "stored snapshot unreadable", extra={"namespace": self.name, "error": problem}
+                )
+                self._fail()
+                raise BackendError(self._build_error)
+        for entry in tail:
+            problem = _apply(doc, entry.update)
+            if problem is not None:
+                _log.error(
+                    "stored update unreadable",
+                    extra={"namespace": self.name, "seq": entry.seq, "error": problem},
+                )
+        self._doc = doc
+        self._stored = None
+        if snapshot is not None and not tail and snapshot.seq == self.head:
+            # The stored snapshot is the whole document: late joiners keep getting it as is,
+            # with no re-encoding of a large doc.
+            frame = self._stored_frame or wire.encode(wire.Snapshot(snapshot.seq, snapshot.update))
+            self._full_frame = (snapshot.seq, self.doc_bytes, frame)
+        self._stored_frame = None
+        if self._step1_owed:
+            step1 = wire.encode(wire.SyncStep1(doc.get_state()))
+            for peer in self._step1_owed:
+                peer.send(step1)
+            self._step1_owed.clear()
+        _log.info(
+            "namespace doc built",
+            extra={
+                "namespace": self.name,
+                "tail": len(tail),
+                "seconds": round(time.monotonic() - started, 4),
+            },
+        )
+        return doc
+
+    def start(self) -> None:
+        """Start committing, and building the doc in the background once things are quiet."""
+        self.sequencer.start()
+        if self._doc is None and self._builder is None:
+            self._builder = asyncio.create_task(self._build_when_quiet(), name=f"build:{self.name}")
+
+    async def stop(self) -> None:
+        """Stop the background build and the sequencer (committing what is queued)."""
+        builder = self._builder
+        if builder is not None and not builder.done():
+            builder.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await builder
+        await self.sequencer.stop()
+
+    async def _build_when_quiet(self) -> None:
+        deadline = time.monotonic() + _BUILD_WAIT_S_MAX
+        while self._doc is None and not self.failed:
+            now = time.monotonic()
+            if now >= deadline or (
+                now - self._served_stored_at >= _BUILD_QUIET_S
+                and all(peer.idle for peer in self.peers)
+            ):
+                with contextlib.suppress(BackendError):
+                    self._build()
+                return
+            await asyncio.sleep(_BUILD_POLL_S)
+
+    def _stored_catch_up(self, replica_id: str | None) -> list[bytes] | None:
+        """Catch-up for an empty state vector from the stored bytes, without the doc: the
+        stored snapshot frame, then the stored tail's broadcasts; None when that cannot
+        serve (doc already built, no snapshot, a tail not reaching the head or too large
+        for the send queue, or holding updates of ``replica_id``, which a replica notes as
+        applied without applying them)."""
+        stored = self._stored
+        if self._doc is not None or stored is None or stored[0] is None:
+            return None
+        snapshot = stored[0]
+        missing = int(self.head) - int(snapshot.seq)
+        if missing < 0 or (replica_id is not None and replica_id in self._stored_origins):
+            return None
+        frames: list[bytes] = []
+        if missing:
+            ring = self._ring
+            limits = self.settings.limits
+            if not (
+                ring
+                and ring[-1][0] == self.head
+                and ring[0][0] <= snapshot.seq + 1
+                and missing <= limits.queue_frames_max // 2
+            ):
+                return None
+            frames = [ring[index][1] for index in range(len(ring) - missing, len(ring))]
+            if sum(map(len, frames)) > limits.queue_bytes_max // 2:
+                return None
+        base = self._stored_frame
+        if base is None:
+            base = wire.encode(wire.Snapshot(snapshot.seq, snapshot.update))
+            self._stored_frame = base
+        self._served_stored_at = time.monotonic()
+        return [base, *frames]
+
+    def full_state(self) -> bytes:
+        """The whole document as a Yjs update: the stored snapshot as is while the doc is
+        not built and no stored update follows it, else encoded from the doc.
+
+        Raises:
+            BackendError: the stored snapshot cannot be read; the namespace has failed.
+        """
+        stored = self._stored
+        if self._doc is None and stored is not None and stored[0] is not None and not stored[1]:
+            self._served_stored_at = time.monotonic()
+            return stored[0].update
+        return self.doc.get_update()
 
     # -- connections ------------------------------------------------------------------------
 
@@ -155,13 +333,17 @@ class LiveNamespace:
         self.refs += 1
         self.last_active = time.monotonic()
         peer.head_seq = lambda: self.head
-        peer.send(wire.encode(wire.SyncStep1(self.doc.get_state())))
+        if self._doc is not None:
+            peer.send(wire.encode(wire.SyncStep1(self._doc.get_state())))
+        else:
+            self._step1_owed.add(peer)  # sent when the doc is built
         if self._awareness:
             peer.send(self._awareness_frame(None))
 
     def detach(self, peer: Peer) -> None:
         """Remove a connection; announce its awareness clients as gone."""
         self.peers.discard(peer)
+        self._step1_owed.discard(peer)
         self.refs -= 1
         self.last_active = time.monotonic()
         if peer.replica_id is not None and self.replicas_live.get(peer.replica_id) is peer:
@@ -182,11 +364,16 @@ class LiveNamespace:
     def answer_step1(self, peer: Peer, state_vector: bytes) -> Refusal | None:
         """Answer a sync step 1 with our diff; a pending connection becomes a Yjs one."""
         try:
-            diff = self.doc.get_update(state_vector)
+            if state_vector == _EMPTY_STATE_VECTOR:
+                diff = self.full_state()
+            else:
+                diff = self.doc.get_update(state_vector)
         except ValueError as exc:
             return Refusal(
                 wire.ErrorCode.MALFORMED, f"bad state vector: {exc}"[:200], "bad_state_vector"
             )
+        except BackendError as exc:
+            return Refusal(wire.ErrorCode.INTERNAL, f"storage: {exc}"[:200], "storage")
         self.mark_yjs(peer)
         peer.send(wire.encode(wire.SyncStep2(diff)))
         return None
@@ -307,21 +494,30 @@ class LiveNamespace:
                 for frame in frames:
                     peer.broadcast(frame)
                 return
-        if hello.state_vector == _EMPTY_STATE_VECTOR:
-            peer.send_catch_up(self._full_snapshot_frame())
-            return
+        empty = hello.state_vector == _EMPTY_STATE_VECTOR
         try:
-            diff = self.doc.get_update(hello.state_vector)
-        except ValueError:
-            # A state vector we cannot read: send everything (always correct, just larger).
-            peer.send_catch_up(self._full_snapshot_frame())
-            return
+            if empty or (not hello.incarnation and last == 0):
+                # A replica that never synced with a relay holds at most its own writes (and
+                # none of ours): a diff would be nearly everything, so it gets the stored
+                # bytes as they are rather than wait for the doc to be built.
+                stored = self._stored_catch_up(hello.replica_id)
+                if stored is not None:
+                    # Bounded above (half the queue), like the ring: sent whatever the queue.
+                    for frame in stored:
+                        peer.send_catch_up(frame)
+                    return
+            if empty:
+                peer.send_catch_up(self._full_snapshot_frame())
+                return
+            try:
+                diff = self.doc.get_update(hello.state_vector)
+            except ValueError:
+                # A state vector we cannot read: send everything (always correct, just larger).
+                peer.send_catch_up(self._full_snapshot_frame())
+                return
+        except BackendError:
+            return  # the stored state is unreadable: the namespace failed, peers are closing
         peer.send_catch_up(wire.encode(wire.Snapshot(self.head, diff)))
-
-    def seed_full_snapshot(self, seq: Seq, state: bytes) -> None:
-        """Use ``state`` (the whole document at ``seq``) for late joiners until it changes."""
-        if seq == self.head:
-            self._full_frame = (seq, self.doc_bytes, wire.encode(wire.Snapshot(seq, state)))
 
     def _full_snapshot_frame(self) -> bytes:
         """The whole document as a snapshot frame, encoded once per head: a crowd of late
@@ -405,7 +601,11 @@ class LiveNamespace:
                 None,
                 op_id,
             )
-        problem = _apply(self.doc, update)
+        try:
+            doc = self.doc
+        except BackendError as exc:
+            return Refusal(wire.ErrorCode.INTERNAL, f"storage: {exc}"[:200], "storage", None, op_id)
+        problem = _apply(doc, update)
         if problem is not None:
             return Refusal(
                 wire.ErrorCode.INVALID_UPDATE,
@@ -517,6 +717,10 @@ class LiveNamespace:
                         )
                     )
                 )
+        self._fail()
+
+    def _fail(self) -> None:
+        self.failed = True
         for peer in list(self.peers):
             peer.request_close(wire.CloseCode.INTERNAL_ERROR, "namespace storage failed")
         self.on_failure(self)
@@ -607,7 +811,7 @@ class LiveNamespace:
         """Store a snapshot at the committed head and trim the log below the watermark."""
         # Read head and encode the state with no await in between: the state holds 1..head.
         seq = self.head
-        state = self.doc.get_update()
+        state = self.full_state()
         outcome = await take_snapshot(
             self.backend, self.name, seq, state, self.settings.snapshot, time.time()
         )
@@ -678,56 +882,35 @@ class Hub:
         started = time.monotonic()
         meta = await self.backend.open_namespace(name)
         snapshot = await self.backend.read_snapshot(name)
-        doc: Doc[Any] = Doc()
-        after = Seq(0)
-        # Stored bytes estimate the document's size without encoding it again.
-        doc_bytes = 0
-        if snapshot is not None:
-            doc_bytes = len(snapshot.update)
-            problem = _apply(doc, snapshot.update)
-            if problem is not None:
-                raise BackendError(f"namespace {name!r}: stored snapshot unreadable: {problem}")
-            after = snapshot.seq
-        applied = 0
+        after = snapshot.seq if snapshot is not None else Seq(0)
+        # Only read here: the doc is built from these bytes when first needed.
+        tail: list[LogEntry] = []
         while True:
             entries = await self.backend.read_after(name, after, _LOAD_CHUNK)
             if not entries:
                 break
-            for entry in entries:
-                doc_bytes += len(entry.update)
-                problem = _apply(doc, entry.update)
-                if problem is not None:
-                    _log.error(
-                        "stored update unreadable",
-                        extra={"namespace": name, "seq": entry.seq, "error": problem},
-                    )
-            applied += len(entries)
+            tail.extend(entries)
             after = entries[-1].seq
         head = max(meta.head, after)
         live = LiveNamespace(
             name,
             meta.incarnation,
             head,
-            doc,
-            doc_bytes,
-            snapshot.seq if snapshot is not None else Seq(0),
+            snapshot,
+            tail,
             self.settings,
             self.backend,
             self.metrics,
             self.verifier,
         )
-        if snapshot is not None and applied == 0:
-            # The stored snapshot is the whole document: late joiners get it as is, with no
-            # re-encoding of a large doc right after the load.
-            live.seed_full_snapshot(snapshot.seq, snapshot.update)
         live.on_failure = self._failed
-        live.sequencer.start()
+        live.start()
         _log.info(
             "namespace loaded",
             extra={
                 "namespace": name,
                 "head": head,
-                "tail": applied,
+                "tail": len(tail),
                 "seconds": round(time.monotonic() - started, 4),
             },
         )
@@ -741,13 +924,13 @@ class Hub:
         if self.namespaces.get(live.name) is live:
             del self.namespaces[live.name]
             self.metrics.namespaces_loaded.set(len(self.namespaces))
-        asyncio.get_running_loop().create_task(live.sequencer.stop())
+        asyncio.get_running_loop().create_task(live.stop())
 
     async def _unload(self, live: LiveNamespace) -> None:
         if self.namespaces.get(live.name) is live:
             del self.namespaces[live.name]
         self.metrics.namespaces_loaded.set(len(self.namespaces))
-        await live.sequencer.stop()
+        await live.stop()
         if live.dirty and not live.failed:
             try:
                 await live.snapshot()
@@ -807,7 +990,7 @@ class Hub:
         while time.monotonic() < deadline and any(live.peers for live in lives):
             await asyncio.sleep(0.01)
         for live in lives:
-            await live.sequencer.stop()
+            await live.stop()
             if live.dirty and not live.failed:
                 try:
                     await live.snapshot()

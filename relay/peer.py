@@ -112,6 +112,7 @@ class Peer:
         self._oldest_at = 0.0
         self._wake = asyncio.Event()
         self._close_request: tuple[int, str] | None = None
+        self._writing = False
         self.closed = False
         self.head_seq: Callable[[], int] = lambda: 0
         """The namespace's head, for resync-required frames (set by the hub)."""
@@ -132,6 +133,12 @@ class Peer:
     def queue_len(self) -> int:
         """Frames waiting to be written."""
         return len(self._queue)
+
+    @property
+    def idle(self) -> bool:
+        """True when nothing waits in the queue and the writer is not handing frames to
+        the socket (or waiting for it to drain a large write)."""
+        return not self._queue and not self._writing
 
     def send(self, frame: bytes) -> None:
         """Queue a direct frame (ack, answer, error); overflow closes the connection."""
@@ -255,11 +262,13 @@ class Peer:
                 # Everything queued goes out in one socket write: after a group commit a
                 # subscriber has one frame per update waiting, and a write per frame (a
                 # syscall, a loopback packet) would cost more than the rest of the fan-out.
+                self._writing = True
                 if self._send_many is not None:
                     await self._send_many(frames)
                 else:
                     for frame in frames:
                         await self._send(frame)
+                self._writing = False
                 # Metrics per write, not per frame: they are not free either.
                 metrics.sent_bytes.inc(size)
                 metrics.fanout_lag.observe(waited)

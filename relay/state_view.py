@@ -98,7 +98,7 @@ class StateCache:
         if cached is not None and cached[0] == key:
             self._entries.move_to_end(live.name)
             return cached[1]
-        update = live.doc.get_update()  # on the loop thread: the doc belongs to it
+        update = live.full_state()  # on the loop thread: the doc belongs to it
         state = await asyncio.get_running_loop().run_in_executor(None, materialize, update)
         self._entries[live.name] = (key, state)
         self._entries.move_to_end(live.name)
