@@ -141,6 +141,7 @@ class LimitSettings(_Model):
     errors_per_connection_max: int = Field(default=100, gt=0)
     pending_updates_max: int = Field(default=8192, gt=0)
     commit_batch_max: int = Field(default=2048, gt=0)
+    commit_delay_s: float = Field(default=0.001, ge=0, le=0.1)
     catchup_ring_entries: int = Field(default=4096, ge=0)
     catchup_ring_bytes: int = Field(default=8 * 1024 * 1024, ge=0)
     awareness_clients_per_connection_max: int = Field(default=16, gt=0)

@@ -172,6 +172,7 @@ class LiveNamespace:
             metrics,
             batch_max=limits.commit_batch_max,
             pending_max=limits.pending_updates_max,
+            commit_delay_s=limits.commit_delay_s,
         )
         self.on_failure: Callable[[LiveNamespace], None] = lambda _ns: None
         if tail and tail[-1].seq == head:

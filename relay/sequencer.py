@@ -2,10 +2,16 @@
 
 Accepted updates queue up while a commit is in flight; the next commit takes all of them
 (up to ``batch_max``) in one transaction, so throughput grows with load while an idle
-namespace commits each update at once. The backend assigns sequence numbers and deduplicates
-by (replica id, op id); results come back in submission order and are handed to
-``on_committed`` (acks and fan-out happen there, after durability). A failed append hands the
-batch to ``on_failed``: nothing of it is acknowledged.
+namespace commits each update at once. Under load (the previous commit took more than one
+update) a commit starts no sooner than ``commit_delay_s`` after the previous one started, so
+that more updates share its fsync (PostgreSQL's ``commit_delay``): a commit with fsync costs
+far more CPU than the updates in it, and a quiet disk would otherwise commit every update or
+two on its own. While commits hold one update each (paced or idle), nothing waits.
+
+The backend assigns sequence numbers and deduplicates by (replica id, op id); results come
+back in submission order and are handed to ``on_committed`` (acks and fan-out happen there,
+after durability). A failed append hands the batch to ``on_failed``: nothing of it is
+acknowledged.
 
 Owns batching and backpressure. Imports the backend interface; knows nothing of websockets.
 """
@@ -57,6 +63,8 @@ class Sequencer:
         batch_max: most updates per commit.
         pending_max: above this many waiting updates, :attr:`full` is true (callers stop
             reading from their sockets until :meth:`wait_room`).
+        commit_delay_s: under load, the least time between the starts of two commits
+            (0 = commit as soon as the previous commit returns).
     """
 
     def __init__(
@@ -69,6 +77,7 @@ class Sequencer:
         *,
         batch_max: int,
         pending_max: int,
+        commit_delay_s: float = 0.0,
     ) -> None:
         self.namespace = namespace
         self._backend = backend
@@ -77,6 +86,9 @@ class Sequencer:
         self._metrics = metrics
         self._batch_max = batch_max
         self._pending_max = pending_max
+        self._commit_delay_s = commit_delay_s
+        self._last_batch = 0
+        self._last_started = 0.0
         self._pending: list[Pending] = []
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
@@ -135,6 +147,15 @@ class Sequencer:
             await self._wake.wait()
             self._wake.clear()
             while self._pending:
+                if (
+                    self._commit_delay_s
+                    and self._last_batch > 1
+                    and len(self._pending) < self._batch_max
+                ):
+                    # Under load: let the updates arriving meanwhile share this commit.
+                    wait = self._last_started + self._commit_delay_s - time.monotonic()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
                 batch = self._pending[: self._batch_max]
                 del self._pending[: self._batch_max]
                 if len(self._pending) < self._pending_max:
@@ -143,6 +164,8 @@ class Sequencer:
 
     async def _commit(self, batch: list[Pending]) -> None:
         started = time.monotonic()
+        self._last_started = started
+        self._last_batch = len(batch)
         try:
             results = await self._backend.append(self.namespace, [p.entry for p in batch])
         except (BackendError, OSError) as exc:

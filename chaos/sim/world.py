@@ -192,6 +192,8 @@ class Profile:
             commit_batch_max=rng.choice((1, 2, 2048, 2048)),
             catchup_ring_entries=rng.choice((0, 2, 16, 4096)),
             pending_updates_max=rng.choice((1, 4, 8192, 8192)),
+            # The commit delay waits on the wall clock, which must decide nothing here.
+            commit_delay_s=0.0,
         )
         client = ClientProfile(
             window=rng.choice((1, 2, 8, 256)),

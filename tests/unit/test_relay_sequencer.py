@@ -1,0 +1,86 @@
+"""Group commit: a lone update commits at once; under load commits are spaced by the delay."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Sequence
+
+from crdtstate._ids import Namespace, Seq
+from relay.backend.base import AppendResult, NewEntry
+from relay.metrics import RelayMetrics
+from relay.sequencer import Pending, Sequencer
+
+
+class _Backend:
+    """Appends in memory, taking ``commit_s`` of wall time per commit."""
+
+    def __init__(self, commit_s: float) -> None:
+        self.commit_s = commit_s
+        self.head = 0
+        self.batches: list[tuple[float, int]] = []
+
+    async def append(self, namespace: Namespace, entries: Sequence[NewEntry]) -> list[AppendResult]:
+        self.batches.append((time.monotonic(), len(entries)))
+        await asyncio.sleep(self.commit_s)
+        results = []
+        for _ in entries:
+            self.head += 1
+            results.append(AppendResult(Seq(self.head), False))
+        return results
+
+
+def _sequencer(backend: _Backend, delay_s: float, done: list[int]) -> Sequencer:
+    return Sequencer(
+        Namespace("ns"),
+        backend,  # type: ignore[arg-type]
+        lambda batch, results: done.extend(int(r.seq) for r in results),
+        lambda batch, exc: None,
+        RelayMetrics(),
+        batch_max=1000,
+        pending_max=10000,
+        commit_delay_s=delay_s,
+    )
+
+
+def _pending(n: int) -> Pending:
+    return Pending(NewEntry(f"o{n}", None, 0, b"u"), None, ack=False)  # type: ignore[arg-type]
+
+
+async def test_lone_updates_do_not_wait() -> None:
+    backend = _Backend(commit_s=0.0)
+    done: list[int] = []
+    seq = _sequencer(backend, delay_s=0.5, done=done)
+    seq.start()
+    try:
+        started = time.monotonic()
+        for n in range(3):
+            seq.submit(_pending(n))
+            await seq.flush()
+        assert time.monotonic() - started < 0.25
+        assert [size for _, size in backend.batches] == [1, 1, 1]
+        assert done == [1, 2, 3]
+    finally:
+        await seq.stop()
+
+
+async def test_under_load_commits_are_spaced_and_batch_more() -> None:
+    backend = _Backend(commit_s=0.001)
+    done: list[int] = []
+    seq = _sequencer(backend, delay_s=0.05, done=done)
+    seq.start()
+    try:
+        seq.submit(_pending(0))
+        seq.submit(_pending(1))  # the first commit takes two: the namespace is busy
+        await asyncio.sleep(0)
+        for n in range(2, 12):
+            seq.submit(_pending(n))
+            await asyncio.sleep(0.002)
+        await seq.flush()
+    finally:
+        await seq.stop()
+    assert done == list(range(1, 13))  # every update, in order
+    starts = [at for at, _ in backend.batches]
+    assert all(b - a >= 0.045 for a, b in itertools.pairwise(starts))
+    assert len(backend.batches) <= 3  # not one commit per update
