@@ -141,11 +141,16 @@ class TokenBucket:
 
     def take(self, now: float, amount: float = 1.0) -> bool:
         """Take ``amount`` tokens if available; False (nothing taken) otherwise."""
+        # Every accepted update takes from three buckets: no builtin calls here.
+        tokens = self._tokens
         elapsed = now - self._last
         if elapsed > 0:
-            self._tokens = min(self._burst, self._tokens + elapsed * self._rate)
+            tokens += elapsed * self._rate
+            if tokens > self._burst:
+                tokens = self._burst
             self._last = now
-        if self._tokens >= amount:
-            self._tokens -= amount
+        if tokens >= amount:
+            self._tokens = tokens - amount
             return True
+        self._tokens = tokens
         return False

@@ -82,6 +82,7 @@ class Peer:
     ) -> None:
         now = time.monotonic()
         self.conn_id = conn_id
+        self._yjs_origin = f"yjs:{conn_id}"
         self.access = access
         self.kind = PeerKind.PENDING
         self.replica_id: ReplicaId | None = None
@@ -120,9 +121,8 @@ class Peer:
     @property
     def origin(self) -> str:
         """How this connection's updates are attributed in broadcasts."""
-        if self.replica_id is not None:
-            return self.replica_id
-        return f"yjs:{self.conn_id}"
+        replica_id = self.replica_id
+        return self._yjs_origin if replica_id is None else replica_id
 
     @property
     def closing(self) -> bool:

@@ -23,7 +23,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from crdtstate._ids import Namespace
@@ -48,7 +48,6 @@ class Pending:
     entry: NewEntry
     peer: Any
     ack: bool
-    received_at: float = field(default_factory=time.monotonic)
 
 
 class Sequencer:

@@ -408,11 +408,15 @@ class AwarenessEntry:
 # -- lib0 primitives -----------------------------------------------------------------------
 
 
+_ONE_BYTE: Final = tuple(bytes((value,)) for value in range(0x80))
+"""Encodings of 0..127 (lengths of small updates, most seqs' low values): no allocation."""
+
+
 def _varuint(value: int) -> bytes:
     if value < 0x80:
         if value < 0:
             raise ValueError(f"varuint cannot encode negative {value}")
-        return bytes((value,))
+        return _ONE_BYTE[value]
     if value > _VARUINT_VALUE_MAX:
         raise ValueError(f"varuint {value} exceeds 2**53-1")
     out = bytearray()
