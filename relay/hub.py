@@ -59,6 +59,9 @@ _HEARTBEAT_BYTES_MAX: Final = 64 * 1024
 _COMMIT_TIMES_MAX: Final = 1024
 _NO_OP: Final = OpId(0)
 _EMPTY_STATE_VECTOR: Final = b"\x00"
+_BUILD_AT_LOAD_BYTES_MAX: Final = 256 * 1024
+"""A namespace whose stored snapshot is smaller builds its doc at load (a few ms): only a
+large one is worth serving from the stored bytes while its doc is not built."""
 _BUILD_QUIET_S: Final = 2.0
 """The doc of a namespace loaded from storage is built in the background (blocking the event
 loop while pycrdt decodes it) once the stored bytes were not served for this long and every
@@ -196,10 +199,14 @@ class LiveNamespace:
             doc = self._build()
         return doc
 
-    @property
-    def built(self) -> bool:
-        """True once the doc is built (False while only the stored bytes are held)."""
-        return self._doc is not None
+    def build(self) -> None:
+        """Build the doc now if it is not built yet.
+
+        Raises:
+            BackendError: the stored snapshot cannot be read; the namespace has failed.
+        """
+        if self._doc is None:
+            self._build()
 
     def _build(self) -> Doc[Any]:
         if self._build_error is not None:
@@ -905,6 +912,8 @@ class Hub:
             self.verifier,
         )
         live.on_failure = self._failed
+        if snapshot is None or len(snapshot.update) <= _BUILD_AT_LOAD_BYTES_MAX:
+            live.build()
         live.start()
         _log.info(
             "namespace loaded",

@@ -1,7 +1,10 @@
-"""Late joiners of a namespace the relay just loaded from storage: served from the stored
-bytes (snapshot, then the stored tail as broadcasts) without the relay building its doc
-first; the doc is built later (a write, a state-vector diff, or quiet) and the sync step 1
-owed to the connections follows then. Real relay process, real sockets."""
+"""Late joiners of a large namespace the relay just loaded from storage: served from the
+stored bytes (snapshot, then the stored tail as broadcasts) without the relay building its
+doc first; the doc is built later (a write, a state-vector diff, or quiet) and the sync
+step 1 owed to the connections follows then. Real relay process, real sockets.
+
+The relay builds the doc of a namespace whose snapshot is at most 256 KiB at load, so the
+stored snapshots here are larger."""
 
 from __future__ import annotations
 
@@ -25,7 +28,8 @@ from tests.integration.relay_helpers import (
     signed_update,
 )
 
-_SNAPSHOT_SEQ = 500
+_SNAPSHOT_SEQ = 30000
+"""Map updates in the stored snapshot: about 390 KB."""
 
 
 async def _store_snapshot(data_dir: Path, namespace: str, entries: int) -> Doc[Any]:
@@ -45,7 +49,9 @@ async def _store_snapshot(data_dir: Path, namespace: str, entries: int) -> Doc[A
     try:
         await backend.open_namespace(ns)
         await backend.append(ns, [NewEntry("origin", None, OpId(0), u) for u in updates])
-        await backend.write_snapshot(ns, StoredSnapshot(Seq(_SNAPSHOT_SEQ), doc.get_update()))
+        state = doc.get_update()
+        assert len(state) > 256 * 1024
+        await backend.write_snapshot(ns, StoredSnapshot(Seq(_SNAPSHOT_SEQ), state))
         assert await backend.trim_below(ns, Seq(_SNAPSHOT_SEQ + 1)) == _SNAPSHOT_SEQ
     finally:
         await backend.close()
@@ -151,77 +157,111 @@ async def test_never_synced_replica_with_local_writes_gets_the_stored_snapshot(
         relay.kill()
 
 
-async def _snapshot_then_tail(relay: RelayProcess, writer: DocTarget) -> tuple[int, int]:
-    """Writes, an admin snapshot, more writes, then SIGKILL: the relay's storage holds a
-    snapshot and a log tail after it. Returns (snapshot seq, head)."""
+async def _snapshot_then_tail(tmp_path: Path, namespace: str) -> tuple[RelayProcess, DocTarget]:
+    """A large stored snapshot, writes, an admin snapshot, more writes, then SIGKILL and a
+    restart: the relay's storage holds a large snapshot at ``_SNAPSHOT_SEQ + 5`` and a log
+    tail of 3 after it. Returns the restarted relay and the writer (holding everything)."""
+    data = tmp_path / "relay-data"
+    await _store_snapshot(data, namespace, 100)
+    relay = RelayProcess(data).start()
+    writer = DocTarget(namespace, "writer")
     client, _, _ = await connect_replica(relay.url, writer)
     try:
+        snap, _ = await client.recv_until(lambda f: isinstance(f, wire.Snapshot))
+        assert isinstance(snap, wire.Snapshot)
+        writer.apply_remote(snap.update, snap.seq)
         for i in range(8):
-            op = writer.write(f"k{i}", i)
+            op = writer.write(f"w{i}", i)
             await client.send(signed_update(writer, op, writer.outbox[op].update))
             await client.recv_until(lambda f: isinstance(f, wire.Ack))
             if i == 4:
-                status, _ = relay.http("POST", f"/admin/namespaces/{writer.namespace}/snapshot")
+                status, _ = relay.http("POST", f"/admin/namespaces/{namespace}/snapshot")
                 assert status == 200
     finally:
         await client.close()
     relay.kill()  # no drain: nothing snapshots the tail
-    relay.start()
-    return 5, 8
+    return relay.start(), writer
 
 
-async def test_late_joiner_gets_the_stored_snapshot_then_the_stored_tail(
-    relay: RelayProcess,
-) -> None:
-    writer = DocTarget("tail", "writer")
-    snapshot_seq, head = await _snapshot_then_tail(relay, writer)
-    joiner = DocTarget("tail", "joiner")
-    client, welcome, before = await connect_replica(relay.url, joiner)
+async def test_late_joiner_gets_the_stored_snapshot_then_the_stored_tail(tmp_path: Path) -> None:
+    relay, writer = await _snapshot_then_tail(tmp_path, "tail")
+    snapshot_seq, head = _SNAPSHOT_SEQ + 5, _SNAPSHOT_SEQ + 8
     try:
-        assert welcome.head_seq == head
-        assert not any(isinstance(f, wire.SyncStep1) for f in before)
-        snap, _ = await client.recv_until(lambda f: isinstance(f, wire.Snapshot))
-        assert isinstance(snap, wire.Snapshot) and snap.seq == snapshot_seq
-        joiner.apply_remote(snap.update, snap.seq)
-        rest = await collect_broadcasts(client, head - snapshot_seq)
-        assert [b.seq for b in rest] == list(range(snapshot_seq + 1, head + 1))
-        assert {b.origin for b in rest} == {"writer"}
-        for entry in rest:
-            joiner.apply_remote(entry.update, entry.seq)
-        assert joiner.snapshot() == writer.snapshot()
-    finally:
-        await client.close()
+        joiner = DocTarget("tail", "joiner")
+        client, welcome, before = await connect_replica(relay.url, joiner)
+        try:
+            assert welcome.head_seq == head
+            assert not any(isinstance(f, wire.SyncStep1) for f in before)
+            snap, _ = await client.recv_until(lambda f: isinstance(f, wire.Snapshot))
+            assert isinstance(snap, wire.Snapshot) and snap.seq == snapshot_seq
+            joiner.apply_remote(snap.update, snap.seq)
+            rest = await collect_broadcasts(client, head - snapshot_seq)
+            assert [b.seq for b in rest] == list(range(snapshot_seq + 1, head + 1))
+            assert {b.origin for b in rest} == {"writer"}
+            for entry in rest:
+                joiner.apply_remote(entry.update, entry.seq)
+            assert joiner.snapshot() == writer.snapshot()
+        finally:
+            await client.close()
 
-    # The same through the real sync session: caught up at the head with the same state.
-    fresh = DocTarget("tail", "session-joiner")
-    settings = SyncSettings(backoff_s_initial=0.05, backoff_s_max=0.5)
-    sync = SyncClient(fresh, relay.url, None, settings=settings)
-    await sync.start()
-    try:
-        await sync.synced(30)
-        assert fresh.applied_seq == head
-        assert fresh.snapshot() == writer.snapshot()
+        # The same through the real sync session: caught up at the head with the same state.
+        fresh = DocTarget("tail", "session-joiner")
+        settings = SyncSettings(backoff_s_initial=0.05, backoff_s_max=0.5)
+        sync = SyncClient(fresh, relay.url, None, settings=settings)
+        await sync.start()
+        try:
+            await sync.synced(30)
+            assert fresh.applied_seq == head
+            assert fresh.snapshot() == writer.snapshot()
+        finally:
+            await sync.stop()
     finally:
-        await sync.stop()
+        relay.kill()
 
 
 async def test_a_replica_whose_writes_are_in_the_stored_tail_gets_them_back(
-    relay: RelayProcess,
+    tmp_path: Path,
 ) -> None:
     """A replica notes broadcasts of its own origin as applied without applying them: one
     that lost its data (empty state vector) and whose writes are in the stored tail must get
     a diff from the doc instead, holding them."""
-    writer = DocTarget("own", "writer")
-    _, head = await _snapshot_then_tail(relay, writer)
-    again = DocTarget("own", "writer")
-    again.key, again._public_key = writer.key, writer.public_key  # same identity, no data
-    client, _, _ = await connect_replica(relay.url, again)
+    relay, writer = await _snapshot_then_tail(tmp_path, "own")
     try:
-        # One snapshot at the head, from the doc: nothing of its own left to broadcasts.
+        again = DocTarget("own", "writer")
+        again.key, again._public_key = writer.key, writer.public_key  # same identity, no data
+        client, _, _ = await connect_replica(relay.url, again)
+        try:
+            # One snapshot at the head, from the doc: nothing of its own left to broadcasts.
+            snap, _ = await client.recv_until(lambda f: isinstance(f, wire.Snapshot))
+            assert isinstance(snap, wire.Snapshot) and snap.seq == _SNAPSHOT_SEQ + 8
+            again.apply_remote(snap.update, snap.seq)
+            assert again.snapshot() == writer.snapshot()
+        finally:
+            await client.close()
+    finally:
+        relay.kill()
+
+
+async def test_a_small_namespace_is_built_at_load(relay: RelayProcess) -> None:
+    """Below 256 KiB the doc is built at load: sync step 1 comes first, as ever."""
+    writer = DocTarget("small", "writer")
+    client, _, before = await connect_replica(relay.url, writer)
+    try:
+        assert isinstance(before[0], wire.SyncStep1)
+        op = writer.write("k", 1)
+        await client.send(signed_update(writer, op, writer.outbox[op].update))
+        await client.recv_until(lambda f: isinstance(f, wire.Ack))
+    finally:
+        await client.close()
+    assert relay.http("POST", "/admin/namespaces/small/snapshot")[0] == 200
+    relay.kill()
+    relay.start()
+    joiner = DocTarget("small", "joiner")
+    client, _, before = await connect_replica(relay.url, joiner)
+    try:
+        assert isinstance(before[0], wire.SyncStep1)
         snap, _ = await client.recv_until(lambda f: isinstance(f, wire.Snapshot))
-        assert isinstance(snap, wire.Snapshot) and snap.seq == head
-        again.apply_remote(snap.update, snap.seq)
-        assert again.snapshot() == writer.snapshot()
+        assert isinstance(snap, wire.Snapshot) and snap.seq == 1
     finally:
         await client.close()
 
@@ -234,7 +274,9 @@ async def test_an_unreadable_stored_snapshot_fails_the_namespace_not_the_relay(
     await backend.open()
     try:
         await backend.open_namespace(Namespace("bad"))
-        await backend.write_snapshot(Namespace("bad"), StoredSnapshot(Seq(3), b"\xff" * 64))
+        await backend.write_snapshot(
+            Namespace("bad"), StoredSnapshot(Seq(3), b"\xff" * (300 * 1024))
+        )
     finally:
         await backend.close()
     relay = RelayProcess(data).start()
