@@ -213,8 +213,14 @@ class NamespaceDoc:
         except Exception as exc:
             raise InvalidUpdate(f"cannot decode state vector: {exc}") from exc
 
-    def apply_update(self, update: bytes, *, notify: bool = True) -> None:
+    def apply_update(
+        self, update: bytes, *, notify: bool = True, full_state: bool = False
+    ) -> None:
         """Merge a Yjs update from elsewhere.
+
+        ``full_state`` says the update is a whole document's state (a snapshot): applied
+        first, it is not checked for integration (see :meth:`_settle`). Any other update
+        is checked, since a partial one can arrive ahead of what it depends on.
 
         Raises:
             InvalidUpdate: not bytes, over :data:`MAX_UPDATE_BYTES`, or undecodable; the
@@ -232,7 +238,7 @@ class NamespaceDoc:
         # Progress can only be seen against the vector from before, needed only when
         # updates are held; a fresh doc (recovery's snapshot, a joiner's catch-up) needs no
         # check at all.
-        was_fresh = self._fresh
+        was_fresh = self._fresh and full_state
         sv_before = self._doc.get_state() if self._unsettled else None
         self._remote = True
         try:
@@ -267,7 +273,7 @@ class NamespaceDoc:
             InvalidUpdate: a stored update cannot be decoded.
         """
         if snapshot is not None:
-            self.apply_update(snapshot, notify=False)
+            self.apply_update(snapshot, notify=False, full_state=True)
         for group in _groups_by_size(tail, RESTORE_GROUP_BYTES):
             if len(group) > 1:
                 try:

@@ -468,8 +468,11 @@ class Replica(Generic[S]):
 
     # -- SyncTarget ------------------------------------------------------------------------
 
-    def apply_remote(self, update: bytes, seq: Seq | None) -> None:
+    def apply_remote(self, update: bytes, seq: Seq | None, *, full_state: bool = False) -> None:
         """Apply an update from the relay; record ``seq`` as applied (SyncTarget).
+
+        ``full_state``: the update is a relay snapshot (a whole state), see
+        :meth:`NamespaceDoc.apply_update`.
 
         Raises:
             InvalidUpdate: the bytes are not a usable update; nothing changed.
@@ -479,7 +482,7 @@ class Replica(Generic[S]):
         """
         with self._doc.lock:
             self._check_writable()
-            self._doc.apply_update(update)
+            self._doc.apply_update(update, full_state=full_state)
             data = bytes(update)
             try:
                 self._store.append_remote(data, seq)

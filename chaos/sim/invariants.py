@@ -124,11 +124,11 @@ class CheckedTarget:
         """See :class:`SyncTarget`."""
         return self._replica.export_update(since_state_vector)
 
-    def apply_remote(self, update: bytes, seq: Seq | None) -> None:
+    def apply_remote(self, update: bytes, seq: Seq | None, *, full_state: bool = False) -> None:
         """See :class:`SyncTarget`; checks ``seq`` first."""
         if seq is not None:
             self._check(int(seq), "remote update")
-        self._replica.apply_remote(update, seq)
+        self._replica.apply_remote(update, seq, full_state=full_state)
         if seq is not None:  # only once applied: a failing store leaves it unapplied
             self.last_seq = max(self.last_seq, int(seq))
 

@@ -233,7 +233,12 @@ class SyncSession:
                 out.extend(self._on_welcome(frame))
             case wire.Snapshot(seq=seq, update=update):
                 self.head_seq = Seq(max(self.head_seq, seq))
-                if self._store_retry_at is None and self._apply(update, seq) is not None:
+                applied = (
+                    None
+                    if self._store_retry_at is not None
+                    else self._apply(update, seq, full_state=True)
+                )
+                if applied is not None:
                     self.applied_seq = seq
                     self._check_live()
             case wire.Broadcast():
@@ -407,10 +412,12 @@ class SyncSession:
         if self.state is ConnectionState.CATCHING_UP and self.applied_seq >= self.head_seq:
             self.state = ConnectionState.LIVE
 
-    def _apply(self, update: bytes, seq: Seq | None) -> bool | None:
+    def _apply(
+        self, update: bytes, seq: Seq | None, *, full_state: bool = False
+    ) -> bool | None:
         """Apply ``update``: True if applied, False if invalid, None if the store refused."""
         try:
-            self.target.apply_remote(update, seq)
+            self.target.apply_remote(update, seq, full_state=full_state)
         except InvalidUpdate as exc:
             self.last_error = f"relay sent an update we cannot apply: {exc}"
             return False

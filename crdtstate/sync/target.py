@@ -48,8 +48,11 @@ class SyncTarget(Protocol):
         """Yjs update holding everything local that ``since_state_vector`` lacks."""
         ...
 
-    def apply_remote(self, update: bytes, seq: Seq | None) -> None:
+    def apply_remote(self, update: bytes, seq: Seq | None, *, full_state: bool = False) -> None:
         """Apply an update received from the relay and record ``seq`` as applied.
+
+        ``full_state`` marks a relay snapshot: a whole document's state, which a target
+        may apply without checking that it integrated (it depends on nothing else).
 
         Raises:
             InvalidUpdate: the bytes are not a usable update; nothing was changed.

@@ -362,7 +362,7 @@ class DocTarget:
             return self.doc.get_update()
         return self.doc.get_update(since_state_vector)
 
-    def apply_remote(self, update: bytes, seq: Seq | None) -> None:
+    def apply_remote(self, update: bytes, seq: Seq | None, *, full_state: bool = False) -> None:
         try:
             self.doc.apply_update(update)
         except ValueError as exc:

@@ -274,8 +274,8 @@ def test_updates_arriving_out_of_order_still_converge(make_doc: Any) -> None:
 def test_a_joiners_catch_up_is_decoded_once_even_after_local_writes(
     make_doc: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A replica declares its schema (a local write) before the relay's catch-up arrives:
-    the catch-up is still the first update from elsewhere, applied without the
+    """A replica declares its schema (a local write) before the relay's snapshot arrives:
+    the snapshot, a full state and the first update from elsewhere, is applied without the
     integration check that would decode it a second time; later ones are checked."""
     a, b = make_doc("a"), make_doc("b")  # both wrote their schema declarations
     for i in range(20):
@@ -290,7 +290,7 @@ def test_a_joiners_catch_up_is_decoded_once_even_after_local_writes(
     monkeypatch.setattr(doc_module, "get_update", counting)
     b.state.hits.inc()  # more local writes: still fresh
     full = a.export_update()
-    b.apply_update(full)
+    b.apply_update(full, full_state=True)
     assert checks == []
     assert b.settled and b.state.memory.value == a.state.memory.value
     a.state.hits.inc()
@@ -298,6 +298,21 @@ def test_a_joiners_catch_up_is_decoded_once_even_after_local_writes(
     b.apply_update(diff)
     assert checks == [diff]
     assert b.state.hits.value == 2
+
+
+def test_a_first_partial_update_is_checked_and_held_until_it_integrates(make_doc: Any) -> None:
+    """Only a full state skips the check: a partial first update (here the second of two)
+    can arrive ahead of what it depends on and must be kept and applied again."""
+    a, b = make_doc("a"), make_doc("b")
+    first, second = [], []
+    a.recorder = lambda update, op: (second if first else first).append(update)
+    a.state.title.set("x")
+    a.state.title.set("y")
+    b.apply_update(second[0])
+    assert not b.settled
+    b.apply_update(a.export_update())  # everything, the declarations included
+    assert b.settled and b.state.title.value == "y"
+    assert b.digest() == a.digest()
 
 
 def test_foreign_content_in_the_other_half_of_a_root_is_reported(make_doc: Any) -> None:
