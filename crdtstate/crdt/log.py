@@ -1,17 +1,21 @@
 """Append-only log: :class:`Log` (an agent's memory).
 
-Layout in the doc: one root ``Map`` per field, one key per entry. The key is a tag no
-replica ever issued before (see ``FieldContext.new_tag``); the value is canonical JSON
-``[wall_ms, counter, writer replica id, value]``. Reads order the entries by
-``(wall_ms, counter, replica id, key)``: a total order every replica computes alike once it
-holds the same entries. Before appending, the writer folds the newest stamp of the log into
-its hybrid clock, so an entry sorts after every entry its writer had observed (causal
-order). Entries are never modified or deleted.
+Layout in the doc: one root ``Array`` per field holding *chunks*, nested arrays of up to
+:data:`CHUNK_ENTRIES` entries; each entry is canonical JSON
+``[wall_ms, counter, writer replica id, value]``. The log is the chunks' entries in order
+(an entry standing directly in the root array, as a plain Yjs client may append it, counts
+as a chunk of one). Appends go to the end of the last chunk as the writer sees it, or into
+a new chunk after it, so an entry is ordered after everything its writer had observed
+(causal order); concurrent appends are ordered by Yjs's deterministic rule (client id), so
+every replica reads the same order after convergence. Entries are never modified or
+deleted.
 
-Why a map and not a Yjs array: Yrs finds an array index by walking the array's blocks, and
-appends interleaved with other writes never merge into one block, so appending to an
-array of n entries costs time linear in n (about 1 ms per append at 50,000 entries). A map
-insert does not depend on the number of entries.
+Why chunks: Yrs finds an array index by walking the array's blocks, and appends
+interleaved with other writes never merge into one block, so appending to one flat array
+of n entries costs time linear in n (about 1 ms per append at 50,000 entries). With chunks
+an append walks one chunk (and, after a remote change, the root's chunk list), and the
+doc still loads as fast as a flat array (a Yjs map keyed per entry loads several times
+slower).
 """
 
 from __future__ import annotations
@@ -20,12 +24,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, cast
 
+from pycrdt import Array
+
 from crdtstate import _codec
 from crdtstate.crdt.base import Field, FieldKind, json_value_fits, locked
 from crdtstate.errors import SchemaViolation
 from crdtstate.hlc import Stamp
 
 T = TypeVar("T")
+
+CHUNK_ENTRIES = 256
+"""Entries per chunk before an append opens a new one: bounds the blocks an append walks."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,35 +49,41 @@ class Log(Field[T]):
     """Append-only sequence with one identical order on every replica after convergence."""
 
     kind = FieldKind.LOG
+    root_kind = "array"
 
     def __init__(self, value_type: type[T], *, doc: str = "") -> None:
         super().__init__(value_type, None, doc=doc)
         self._stamps: list[Stamp] = []
         self._typed_stamps: list[Stamp] = []
+        self._chunk: Array[Any] | None = None
+        """The last chunk, while no remote change may have put another after it."""
 
     def default_json(self) -> Any:
         return []
 
     def _bind_root(self) -> None:
-        self._root = self.ctx.root_map(self.name)
+        self._root = self.ctx.root_array(self.name)
         self._stamps = []
         self._typed_stamps = []
+        self._chunk = None
+
+    def invalidate(self) -> None:
+        super().invalidate()
+        self._chunk = None
 
     def _materialize(self) -> tuple[Any, list[SchemaViolation]]:
-        rows: list[tuple[int, int, str, str, Any]] = []
+        values: list[Any] = []
+        stamps: list[Stamp] = []
         problems: list[SchemaViolation] = []
-        for key, item in self._root.items():
+        for position, item in enumerate(_entries(self._root)):
             entry = _parse_entry(item)
             if entry is None or not json_value_fits(self.json_type, entry[3]):
-                problems.append(SchemaViolation(self.name, f"foreign log entry {key!r}"))
+                problems.append(SchemaViolation(self.name, f"foreign log entry at {position}"))
                 continue
-            rows.append((entry[0], entry[1], entry[2], key, entry[3]))
-        rows.sort(key=_order_key)
-        self._stamps = [Stamp(row[0], row[1], row[2]) for row in rows]
-        if rows:
-            # Later appends of this replica must sort after everything read here.
-            self.ctx.clock.observe(rows[-1][0], rows[-1][1])
-        return [row[4] for row in rows], problems
+            values.append(entry[3])
+            stamps.append(Stamp(entry[0], entry[1], entry[2]))
+        self._stamps = stamps
+        return values, problems
 
     def _convert(self, raw: Any) -> tuple[Any, list[SchemaViolation]]:
         out: list[Any] = []
@@ -109,35 +124,51 @@ class Log(Field[T]):
 
     @locked
     def append(self, value: T) -> Stamp:
-        """Append ``value``: it sorts after every entry this replica has seen."""
+        """Append ``value`` at the end of the log as this replica sees it."""
         as_json = self.to_json(value)
         ctx = self.ctx
         values, _violations = self._materialized()
         wall_ms, counter = ctx.clock.tick()
         encoded = _codec.dumps([wall_ms, counter, ctx.replica_id, as_json])
-        key = ctx.new_tag()
+        chunk = self._chunk if self._chunk is not None else self._last_open_chunk()
         root = self._root
 
         def mutate() -> None:
-            root[key] = encoded
+            if chunk is None or len(chunk) >= CHUNK_ENTRIES:
+                opened: Array[Any] = Array([encoded])
+                root.append(opened)
+                self._chunk = opened  # integrated by the append: the same object
+            else:
+                chunk.append(encoded)
+                self._chunk = chunk
 
         stamp = Stamp(wall_ms, counter, ctx.replica_id)
 
         def after() -> None:
-            stamps = self._stamps
-            if stamps and stamp <= stamps[-1]:
-                self._cache = None  # cannot happen with a monotonic clock; stay correct anyway
-            else:
-                values.append(as_json)  # in place: appends stay O(1) on long logs
-                stamps.append(stamp)
+            values.append(as_json)  # in place: appends stay O(1) on long logs
+            self._stamps.append(stamp)
             self._typed_cache = None
 
         self._commit({"field": self.name, "op": "append", "value": as_json}, mutate, after)
         return stamp
 
+    def _last_open_chunk(self) -> Array[Any] | None:
+        """The root's last item when it is a chunk (a new chunk is needed otherwise)."""
+        root = self._root
+        count = len(root)
+        if count == 0:
+            return None
+        last = root[count - 1]
+        return last if isinstance(last, Array) else None
 
-def _order_key(row: tuple[int, int, str, str, Any]) -> tuple[int, int, str, str]:
-    return row[0], row[1], row[2], row[3]
+
+def _entries(root: Array[Any]) -> Iterator[Any]:
+    """Every entry in log order: the chunks' items, and items standing in the root."""
+    for item in root:
+        if isinstance(item, Array):
+            yield from item
+        else:
+            yield item
 
 
 def _parse_entry(item: Any) -> tuple[int, int, str, Any] | None:

@@ -343,7 +343,7 @@ garbage_plans = st.fixed_dictionaries(
         **{f: st.lists(slot_garbage(f), min_size=1, max_size=3) for f in MAP_FIELDS},
         "memory": st.lists(LOG_GARBAGE, min_size=1, max_size=3),
         "list_half": st.lists(st.sampled_from(MAP_FIELDS), min_size=1, max_size=2),
-        "list_half_of_log": st.just(True),
+        "map_half": st.just(True),
         "schema": st.lists(
             st.sampled_from(["not json", '{"kind":"nope"}', "[1]", '{"kind":"lww","type":"x"}']),
             min_size=1,
@@ -363,15 +363,15 @@ def write_garbage(plan: dict[str, Any]) -> tuple[bytes, set[str]]:
                 root = raw.get(name, type=Map)
                 root[key] = shared(value) if value in ("map", "array", "text") else value
                 spoiled.add(name)
-        for i, value in enumerate(plan.get("memory", ())):
-            log_root = raw.get("memory", type=Map)
-            log_root[f"g{i}"] = shared(value) if value in ("map", "array", "text") else value
+        for value in plan.get("memory", ()):
+            root_array = raw.get("memory", type=Array)
+            root_array.append(shared(value) if value in ("map", "array", "text") else value)
             spoiled.add("memory")
         for name in plan.get("list_half", ()):
             raw.get(name, type=Array).append("list item in a map root")
             spoiled.add(name)
-        if plan.get("list_half_of_log"):
-            raw.get("memory", type=Array).append('[1,0,"w",{}]')
+        if plan.get("map_half"):
+            raw.get("memory", type=Map)["key"] = '[1,0,"w",{}]'
             spoiled.add("memory")
         for i, text in enumerate(plan.get("schema", ())):
             raw.get("_schema", type=Map)[f"bogus{i}"] = text

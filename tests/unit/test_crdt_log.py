@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from pycrdt import Doc, Map
+from pycrdt import Array, Doc
 
 from crdtstate import Log, LogEntry, Schema, Stamp, ValidationError
 
@@ -75,11 +75,11 @@ class Notes(Schema):
 
 def test_entries_keep_their_own_stamps_when_foreign_entries_are_skipped(make_doc: Any) -> None:
     raw: Doc[Any] = Doc(client_id=800)
-    items = raw.get("notes", type=Map)
-    items["e1"] = '[1,0,"w",5]'  # well formed, but 5 is not a dict
-    items["e2"] = '[2,0,"w",{"ok":1}]'
-    items["e3"] = "not json"
-    items["e4"] = '[3,0,"w",{"ok":2}]'
+    items = raw.get("notes", type=Array)
+    items.append('[1,0,"w",5]')  # well formed, but 5 is not a dict
+    items.append('[2,0,"w",{"ok":1}]')
+    items.append("not json")
+    items.append('[3,0,"w",{"ok":2}]')
     doc = make_doc("a", schema=Notes)
     doc.apply_update(raw.get_update())
     assert doc.state.notes.value == [{"ok": 1}, {"ok": 2}]
@@ -90,6 +90,42 @@ def test_entries_keep_their_own_stamps_when_foreign_entries_are_skipped(make_doc
     ]
     details = sorted(v.detail for v in doc.violations())
     assert len(details) == 2
-    assert details[0].startswith("entry 0 does not fit") and "foreign log entry 'e3'" in details[1]
+    assert details[0].startswith("entry 0 does not fit") and "foreign log entry at 2" in details[1]
     stamp = doc.state.notes.append({"ok": 3})
     assert doc.state.notes.entries()[-1] == LogEntry({"ok": 3}, stamp)
+
+
+def test_long_logs_are_kept_in_chunks_and_read_in_order(
+    make_doc: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import crdtstate.crdt.log as log_module
+
+    monkeypatch.setattr(log_module, "CHUNK_ENTRIES", 4)
+    a, b = make_doc("a"), make_doc("b")
+    for k in range(10):
+        a.state.memory.append({"a": k})
+    sync(a, b)
+    for k in range(6):  # both extend the same last chunk and open new ones, concurrently
+        a.state.memory.append({"a2": k})
+        b.state.memory.append({"b": k})
+    sync(a, b)
+    log = a.state.memory.value
+    assert log == b.state.memory.value and len(log) == 22
+    assert [e["a"] for e in log[:10]] == list(range(10))
+    assert [e["b"] for e in log if "b" in e] == list(range(6))
+    chunks = list(a.root_array("memory"))
+    assert all(isinstance(c, Array) and 1 <= len(c) <= 4 + 6 for c in chunks)
+    assert len(chunks) >= 22 // 4
+
+
+def test_entries_a_plain_yjs_client_appends_to_the_root_are_read(make_doc: Any) -> None:
+    doc = make_doc("a")
+    doc.state.memory.append({"n": 1})
+    raw: Doc[Any] = Doc(client_id=801)
+    raw.apply_update(doc.export_update())
+    raw.get("memory", type=Array).append('[1,0,"js",{"n":2}]')
+    doc.apply_update(raw.get_update(doc.state_vector()))
+    assert doc.state.memory.value == [{"n": 1}, {"n": 2}]
+    doc.state.memory.append({"n": 3})  # after a plain entry: opens a new chunk
+    assert doc.state.memory.value == [{"n": 1}, {"n": 2}, {"n": 3}]
+    assert doc.violations() == []
