@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Final
 
 from crdtstate.errors import CorruptStoreError, StoreError
+from crdtstate.store._idset import OpIdSet
 
 APPLICATION_ID: Final = 0x43525354  # "CRST" in the SQLite header
 FORMAT_VERSION: Final = 1
@@ -64,7 +65,7 @@ class OpenedState:
     last_tail_id: int
     tail_count: int
     tail_bytes: int
-    unacked: frozenset[int]
+    unacked: OpIdSet
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -204,8 +205,14 @@ def _read_state(conn: sqlite3.Connection, path: Path) -> OpenedState:
                 "FROM tail WHERE id > ?",
                 (tail_upto,),
             ).fetchone()
-            unacked = frozenset(row[0] for row in conn.execute("SELECT op_id FROM outbox"))
-            max_op = conn.execute("SELECT coalesce(max(op_id), 0) FROM outbox").fetchone()[0]
+            pending, low, max_op = conn.execute(
+                "SELECT count(*), coalesce(min(op_id), 0), coalesce(max(op_id), 0) FROM outbox"
+            ).fetchone()
+            if pending == max_op - low + 1:  # one run, the usual case: no ids to read
+                unacked = OpIdSet(range(low, max_op + 1))
+            else:
+                ids = conn.execute("SELECT op_id FROM outbox")
+                unacked = OpIdSet(others=(row[0] for row in ids))
         finally:
             conn.execute("COMMIT")
     except (sqlite3.DatabaseError, TypeError, ValueError) as exc:

@@ -41,6 +41,7 @@ from crdtstate.store._checks import (
     decode_op,
     encode_op,
 )
+from crdtstate.store._idset import OpIdSet
 from crdtstate.store._lock import FileLock
 from crdtstate.store.base import NO_OP_ID, Durability, LoadedState, OutboxEntry
 
@@ -146,7 +147,7 @@ class SqliteStore:
         self._ticket = 0
         self._next_op_id = opened.last_op_id
         self._last_tail_id = opened.last_tail_id
-        self._unacked: set[int] = set(opened.unacked)
+        self._unacked: OpIdSet = opened.unacked
         self._tail_count = opened.tail_count
         self._tail_bytes = opened.tail_bytes
         self._listeners: list[Callable[[OpId], None]] = []

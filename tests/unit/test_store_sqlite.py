@@ -334,3 +334,26 @@ def test_repr_names_path_and_mode(tmp_path: Path) -> None:
     assert "batch" in repr(store) and "open" in repr(store)
     store.close()
     assert "closed" in repr(store)
+
+
+@pytest.mark.parametrize("acked", [[], [1], [5], [3], [1, 2, 3, 4, 5], [2, 4]])
+def test_reopening_finds_exactly_the_unacknowledged_writes(
+    tmp_path: Path, acked: list[int]
+) -> None:
+    path = tmp_path / "ns.sqlite3"
+    store = SqliteStore(path, Durability.BATCH)
+    for i in range(5):
+        store.append_local(b"\x00\x00", {"i": i})
+    for op_id in acked:
+        store.ack(OpId(op_id), Seq(op_id))
+    store.close()
+    again = SqliteStore(path, Durability.BATCH)
+    try:
+        pending = [e.op_id for e in again.outbox()]
+        assert pending == [i for i in range(1, 6) if i not in acked]
+        assert again.outbox_len() == len(pending)
+        assert again.append_local(b"\x00\x00", {"i": 5}) == 6
+        again.ack(OpId(6), Seq(6))
+        assert again.outbox_len() == len(pending)
+    finally:
+        again.close()
