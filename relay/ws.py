@@ -48,6 +48,8 @@ _SYNC_UPDATE: Final = int(wire.SyncType.UPDATE)
 _PACK_LEN16: Final = struct.Struct("!BBH").pack
 _PACK_LEN64: Final = struct.Struct("!BBQ").pack
 _SMALL_HEADERS: Final = tuple(bytes((_BINARY_FIN, size)) for size in range(126))
+_MEMO_BYTES_MAX: Final = 256 * 1024
+"""Largest write kept for the next subscriber (not a catch-up snapshot held for nothing)."""
 
 
 def _frame_header(size: int) -> bytes:
@@ -57,6 +59,38 @@ def _frame_header(size: int) -> bytes:
     if size < 65536:
         return _PACK_LEN16(_BINARY_FIN, 126, size)
     return _PACK_LEN64(_BINARY_FIN, 127, size)
+
+
+class _LastEncoded:
+    """The frames last put on the wire and their bytes: fan-out hands one list to every
+    subscriber that gets the whole batch, so the batch is framed once, not once per
+    subscriber. Lists given to :func:`_on_the_wire` are never changed afterwards (the hub and
+    the peers build a new list for every write); holding the last one keeps its identity
+    from being reused."""
+
+    frames: list[bytes] | None = None
+    data = b""
+
+
+def _on_the_wire(frames: list[bytes]) -> bytes:
+    """``frames`` as websocket frames, back to back (one transport write)."""
+    if frames is _LastEncoded.frames:
+        return _LastEncoded.data
+    if len(frames) == 1:
+        frame = frames[0]
+        data = _frame_header(len(frame)) + frame
+    else:
+        parts: list[bytes] = []
+        append = parts.append
+        for frame in frames:
+            size = len(frame)
+            append(_SMALL_HEADERS[size] if size < 126 else _frame_header(size))
+            append(frame)
+        data = b"".join(parts)
+    if len(data) <= _MEMO_BYTES_MAX:
+        _LastEncoded.frames = frames
+        _LastEncoded.data = data
+    return data
 
 
 async def handle_websocket(request: web.Request) -> web.StreamResponse:
@@ -116,17 +150,7 @@ async def handle_websocket(request: web.Request) -> web.StreamResponse:
         # compression is off, so every write is a whole frame, and nothing is written once
         # the websocket is closing (callers check).
         assert transport is not None
-        if len(frames) == 1:
-            frame = frames[0]
-            transport.write(_frame_header(len(frame)) + frame)
-            return
-        parts: list[bytes] = []
-        append = parts.append
-        for frame in frames:
-            size = len(frame)
-            append(_SMALL_HEADERS[size] if size < 126 else _frame_header(size))
-            append(frame)
-        transport.write(b"".join(parts))
+        transport.write(_on_the_wire(frames))
 
     async def send_many(frames: list[bytes]) -> None:
         if ws.closed or transport is None or transport.is_closing():
