@@ -3,10 +3,13 @@
 Accepted updates queue up while a commit is in flight; the next commit takes all of them
 (up to ``batch_max``) in one transaction, so throughput grows with load while an idle
 namespace commits each update at once. Under load (the previous commit took more than one
-update) a commit starts no sooner than ``commit_delay_s`` after the previous one started, so
-that more updates share its fsync (PostgreSQL's ``commit_delay``): a commit with fsync costs
-far more CPU than the updates in it, and a quiet disk would otherwise commit every update or
-two on its own. While commits hold one update each (paced or idle), nothing waits.
+update) the oldest waiting update waits until it is ``commit_delay_s`` old before its commit
+starts, so that the updates arriving meanwhile share its fsync and its fan-out (PostgreSQL's
+``commit_delay``): a commit with fsync, and one socket write per subscriber after it, cost
+far more CPU than the updates in it; without the delay, clients that write in rounds get
+one commit for the first update of a round and another for the rest, and a quiet disk
+commits every update or two on its own. While commits hold one update each (paced or
+idle), nothing waits; updates that already waited for a slower commit do not wait again.
 
 The backend assigns sequence numbers and deduplicates by (replica id, op id); results come
 back in submission order and are handed to ``on_committed`` (acks and fan-out happen there,
@@ -62,8 +65,8 @@ class Sequencer:
         batch_max: most updates per commit.
         pending_max: above this many waiting updates, :attr:`full` is true (callers stop
             reading from their sockets until :meth:`wait_room`).
-        commit_delay_s: under load, the least time between the starts of two commits
-            (0 = commit as soon as the previous commit returns).
+        commit_delay_s: under load, how long the oldest waiting update waits for company
+            before its commit starts (0 = commit as soon as the previous commit returns).
     """
 
     def __init__(
@@ -87,7 +90,7 @@ class Sequencer:
         self._pending_max = pending_max
         self._commit_delay_s = commit_delay_s
         self._last_batch = 0
-        self._last_started = 0.0
+        self._first_at = 0.0
         self._pending: list[Pending] = []
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
@@ -114,6 +117,8 @@ class Sequencer:
 
     def submit(self, pending: Pending) -> None:
         """Queue an accepted update for the next commit (never blocks)."""
+        if not self._pending:
+            self._first_at = time.monotonic()  # once per batch, not per update
         self._pending.append(pending)
         self._submitted += 1
         if len(self._pending) >= self._pending_max:
@@ -152,7 +157,7 @@ class Sequencer:
                     and len(self._pending) < self._batch_max
                 ):
                     # Under load: let the updates arriving meanwhile share this commit.
-                    wait = self._last_started + self._commit_delay_s - time.monotonic()
+                    wait = self._first_at + self._commit_delay_s - time.monotonic()
                     if wait > 0:
                         await asyncio.sleep(wait)
                 batch = self._pending[: self._batch_max]
@@ -163,7 +168,6 @@ class Sequencer:
 
     async def _commit(self, batch: list[Pending]) -> None:
         started = time.monotonic()
-        self._last_started = started
         self._last_batch = len(batch)
         try:
             results = await self._backend.append(self.namespace, [p.entry for p in batch])

@@ -1,4 +1,4 @@
-"""Group commit: a lone update commits at once; under load commits are spaced by the delay."""
+"""Group commit: a lone update commits at once; under load an update waits for company."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ async def test_lone_updates_do_not_wait() -> None:
         await seq.stop()
 
 
-async def test_under_load_commits_are_spaced_and_batch_more() -> None:
+async def test_under_load_updates_wait_for_company() -> None:
     backend = _Backend(commit_s=0.001)
     done: list[int] = []
     seq = _sequencer(backend, delay_s=0.05, done=done)
@@ -84,3 +84,24 @@ async def test_under_load_commits_are_spaced_and_batch_more() -> None:
     starts = [at for at, _ in backend.batches]
     assert all(b - a >= 0.045 for a, b in itertools.pairwise(starts))
     assert len(backend.batches) <= 3  # not one commit per update
+
+
+async def test_a_round_after_a_pause_commits_once() -> None:
+    """Clients writing in rounds: the first update of a round waits for the rest of it."""
+    backend = _Backend(commit_s=0.003)
+    done: list[int] = []
+    seq = _sequencer(backend, delay_s=0.1, done=done)
+    seq.start()
+    try:
+        for round_ in range(3):
+            for n in range(5):
+                seq.submit(_pending(round_ * 5 + n))
+                await asyncio.sleep(0.001)  # the round trickles in
+            await seq.flush()
+            await asyncio.sleep(0.15)  # the clients are busy elsewhere
+    finally:
+        await seq.stop()
+    assert done == list(range(1, 16))
+    # The first round commits its first update alone (nothing says the namespace is busy
+    # yet), the rest of it together; every later round is one commit.
+    assert [size for _, size in backend.batches][-2:] == [5, 5]
