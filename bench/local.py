@@ -76,10 +76,10 @@ def _bare_ops() -> dict[str, Callable[[int], Any]]:
     }
 
 
-def _latencies(op: Callable[[int], Any], n: int) -> list[float]:
+def _latencies(op: Callable[[int], Any], n: int, start: int = 0) -> list[float]:
     out = []
     clock = time.perf_counter_ns
-    for i in range(n):
+    for i in range(start, start + n):
         start = clock()
         op(i)
         out.append((clock() - start) / 1000)
@@ -91,15 +91,24 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def write_latency(n_batch: int, n_sync: int, root: Path) -> None:
+def write_latency(n_batch: int, n_sync: int, root: Path, rounds: int = 20) -> None:
+    """Per-type write latency; bare and batch-mode writes alternate in ``rounds`` blocks, so
+    a change in the machine's load during the run weighs on both sides of the ratio alike."""
     print(f"\n### Write latency (µs per write; batch n={n_batch}, sync n={n_sync})\n")
     print("| op | bare pycrdt p50 | batch p50 | batch p99 | batch/bare | sync p50 | sync p99 |")
     print("|---|---:|---:|---:|---:|---:|---:|")
-    bare = {name: _latencies(op, n_batch) for name, op in _bare_ops().items()}
+    bare_ops = _bare_ops()
+    bare: dict[str, list[float]] = {name: [] for name in bare_ops}
+    batch_lat: dict[str, list[float]] = {name: [] for name in bare_ops}
     batch = Replica.open(root / "batch", "bench", Bench, durability="batch")
     sync = Replica.open(root / "sync", "bench", Bench, durability="sync")
     try:
-        batch_lat = {name: _latencies(op, n_batch) for name, op in _ops(batch.state).items()}
+        batch_ops = _ops(batch.state)
+        block = max(1, n_batch // rounds)
+        for name in bare_ops:
+            for start in range(0, n_batch, block):
+                bare[name].extend(_latencies(bare_ops[name], block, start))
+                batch_lat[name].extend(_latencies(batch_ops[name], block, start))
         sync_lat = {name: _latencies(op, n_sync) for name, op in _ops(sync.state).items()}
         batch.flush()
     finally:
