@@ -444,9 +444,10 @@ class Replica(Generic[S]):
             StoreError: the store is failing its commits for another reason.
         """
         self._check_open()
-        with self._doc.lock:
-            self._store_unstored()
-            self._store.check_writable()
+        if self._unstored:
+            with self._doc.lock:
+                self._store_unstored()
+        self._store.check_writable()
 
     def _store_unstored(self) -> None:
         """Store what the doc holds and the store refused earlier (doc lock held)."""

@@ -57,9 +57,12 @@ def encode_op(op: object) -> str:
         TypeError: ``op`` is not a mapping or holds a value JSON cannot encode.
         ValueError: ``op`` would come back different from a JSON round trip.
     """
-    if not isinstance(op, Mapping):
+    if type(op) is dict:
+        as_dict: dict[Any, Any] = op
+    elif isinstance(op, Mapping):
+        as_dict = dict(op)
+    else:
         raise TypeError(f"op must be a mapping (a JSON object), not {type(op).__name__}")
-    as_dict = op if isinstance(op, dict) else dict(op)
     try:
         text = _encode_json(as_dict)
     except NestingError as exc:

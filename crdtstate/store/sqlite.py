@@ -264,8 +264,9 @@ class SqliteStore:
             StoreError: another commit failure, not yet retried successfully.
             StoreClosedError: the store is closed.
         """
-        with self._lock:
-            self._check_usable()
+        if self._closed or self._error is not None:  # attribute reads: no lock needed to see
+            with self._lock:
+                self._check_usable()
 
     def ack(self, op_id: OpId, seq: Seq) -> None:
         """The relay sequenced ``op_id`` as ``seq``: drop it from the outbox.
