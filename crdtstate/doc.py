@@ -112,6 +112,7 @@ class NamespaceDoc:
         self._dropped_unsettled = False
         self._remote = False
         self._tags = 0
+        self._tag_prefix = f"{replica_id}.{client_id:x}."
         # pycrdt keeps observers on the Rust side, out of the garbage collector's sight: a
         # bound method would keep this object (and its replica, store and everything they
         # reach) alive for good, and pycrdt's own wrappers keep the Doc alive until the
@@ -148,7 +149,7 @@ class NamespaceDoc:
     def new_tag(self) -> str:
         """Unique add tag: replica id, this process's Yjs client id, a counter."""
         self._tags += 1
-        return f"{self.replica_id}.{self.client_id:x}.{self._tags}"
+        return f"{self._tag_prefix}{self._tags}"
 
     def write(self, field: Field[Any], op: dict[str, Any], mutate: Callable[[], None]) -> None:
         """Run ``mutate`` in one transaction and hand its update and ``op`` to the recorder.
