@@ -13,9 +13,10 @@ print(json.dumps(sorted(sys.modules)))
 """
 
 # Loaded on first use: the first signed update, the first drift or state view, the NATS
-# backend, the replica side of crdtstate.
+# backend, the replica side of crdtstate. The settings are plain dataclasses (no pydantic).
 _LAZY = (
     "cryptography",
+    "pydantic",
     "rich",
     "nats",
     "crdtstate.replica",
