@@ -86,7 +86,8 @@ class _SlotCounter(Field[int]):
         ctx = self.ctx
         value, violations = self._materialized()
         key = prefix + ctx.replica_id
-        violations = [v for v in violations if v.key != key]  # a foreign own slot is overwritten
+        if violations:  # a foreign own slot is overwritten
+            violations = [v for v in violations if v.key != key]
         total = self._own_total(prefix) + n
         encoded = _codec.dumps(total)
         root = self._root

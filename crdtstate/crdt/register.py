@@ -116,7 +116,8 @@ class LWWRegister(Field[T]):
         wall_ms, counter = ctx.clock.tick()
         encoded = self._encode([wall_ms, counter, as_json])
         root, writer = self._root, ctx.replica_id
-        violations = [v for v in violations if v.key != writer]  # a foreign own slot is overwritten
+        if violations:  # a foreign own slot is overwritten
+            violations = [v for v in violations if v.key != writer]
 
         def mutate() -> None:
             root[writer] = encoded
@@ -166,16 +167,19 @@ class LWWMap(Field[T], Generic[K, T]):
         self._winners = {}
 
     def _key_text(self, key: K) -> str:
-        try:
-            checked = self._key_adapter.validate_python(key, strict=True)
-        except PydanticValidationError as exc:
-            raise ValidationError(
-                self.name, f"bad key {short_repr(key)}: expected {self.key_type.__name__}"
-            ) from exc
-        try:
-            text = str(checked)
-        except ValueError as exc:  # an int beyond Python's digit limit
-            raise ValidationError(self.name, f"bad key: {exc}") from exc
+        if type(key) is str and self.key_type is str:
+            text = key  # the hot path: no validator needed for a plain str
+        else:
+            try:
+                checked = self._key_adapter.validate_python(key, strict=True)
+            except PydanticValidationError as exc:
+                raise ValidationError(
+                    self.name, f"bad key {short_repr(key)}: expected {self.key_type.__name__}"
+                ) from exc
+            try:
+                text = str(checked)
+            except ValueError as exc:  # an int beyond Python's digit limit
+                raise ValidationError(self.name, f"bad key: {exc}") from exc
         if SLOT_SEP in text or len(text) > MAX_KEY_CHARS or not is_utf8_text(text):
             raise ValidationError(
                 self.name,
@@ -274,7 +278,8 @@ class LWWMap(Field[T], Generic[K, T]):
         slot = [wall_ms, counter, as_json] if present else [wall_ms, counter]
         encoded = self._encode(slot)
         root, slot_key = self._root, f"{key_text}{SLOT_SEP}{ctx.replica_id}"
-        violations = [v for v in violations if v.key != slot_key]  # overwritten if foreign
+        if violations:  # a foreign slot of this writer is overwritten
+            violations = [v for v in violations if v.key != slot_key]
 
         def mutate() -> None:
             root[slot_key] = encoded
