@@ -238,7 +238,11 @@ class SyncSession:
                     if self._store_retry_at is not None
                     else self._apply(update, seq, full_state=True)
                 )
-                if applied is not None:
+                if applied is False and self._store_retry_at is None:
+                    # Not claimed: a snapshot we cannot apply must not stand for the state
+                    # up to its seq. Ask again after a pause, as after a refusing store.
+                    self._store_retry_at = self._now + self.settings.resend_delay_s
+                if applied:
                     self.applied_seq = seq
                     self._check_live()
             case wire.Broadcast():
