@@ -237,9 +237,9 @@ class NamespaceDoc:
         olds = {name: self._field_value(name) for name in watched}
         data = bytes(update)
         # Progress can only be seen against the vector from before, needed only when
-        # updates are held; a fresh doc (recovery's snapshot, a joiner's catch-up) needs no
-        # check at all.
-        was_fresh = self._fresh and full_state
+        # updates are held; a full state applied first (recovery's snapshot, a joiner's
+        # snapshot) needs no check at all.
+        unchecked = self._fresh and full_state
         sv_before = self._doc.get_state() if self._unsettled else None
         self._remote = True
         try:
@@ -250,7 +250,7 @@ class NamespaceDoc:
                     raise
                 raise InvalidUpdate(f"cannot decode update: {exc}") from exc
             self._fresh = False
-            self._settle(data, was_fresh, sv_before)
+            self._settle(data, unchecked, sv_before)
         finally:
             self._remote = False
         for field in self.fields.values():
@@ -302,7 +302,7 @@ class NamespaceDoc:
             return True
         return missing[:1] == b"\x00"  # no struct the doc lacks
 
-    def _settle(self, update: bytes, was_fresh: bool, sv_before: bytes | None) -> None:
+    def _settle(self, update: bytes, unchecked: bool, sv_before: bytes | None) -> None:
         """Keep remote updates whose items are not all integrated, and re-apply them.
 
         pycrdt 0.14 embeds yrs 0.27+, which integrates an item that arrives ahead of its
@@ -317,14 +317,14 @@ class NamespaceDoc:
         is dropped and the doc stays unsettled) and applied again whenever a later update
         moved the state vector, until it is integrated.
 
-        The first update from elsewhere (a snapshot at recovery, a late joiner's catch-up)
-        is not checked: the check would decode the whole snapshot a second time. It is a
-        full state, and local writes made before it (a schema declared at open) change
-        nothing to how it integrates: they belong to this doc's fresh client id, which no
-        remote item can be waiting for.
+        A full state applied before anything else from elsewhere (``unchecked``: a snapshot
+        at recovery, a late joiner's snapshot) is not checked: the check would decode the
+        whole snapshot a second time. Local writes made before it (a schema declared at
+        open) change nothing to how it integrates: they belong to this doc's fresh client
+        id, which no remote item can be waiting for.
         """
         sv_after = self._doc.get_state()
-        if not was_fresh and not self._integrated(update, sv_after):
+        if not unchecked and not self._integrated(update, sv_after):
             self._unsettled.append(update)
             while len(self._unsettled) > MAX_UNSETTLED_UPDATES or (
                 len(self._unsettled) > 1 and sum(map(len, self._unsettled)) > MAX_UNSETTLED_BYTES
@@ -353,8 +353,8 @@ class NamespaceDoc:
 
         While ``False`` the doc may hold items beyond its state vector (or wait for
         missing ones): comparing state vectors says nothing about content then. A state
-        vector sync with any peer that has the missing updates settles it. The first update
-        from elsewhere (a snapshot at recovery, a joiner's catch-up) is taken as complete.
+        vector sync with any peer that has the missing updates settles it. A full state
+        applied first (a snapshot at recovery, a joiner's snapshot) is taken as complete.
         """
         return not self._unsettled and not self._dropped_unsettled
 

@@ -179,9 +179,10 @@ class SyncSession:
         self._heartbeat_mark: tuple[ConnectionState, int, int] | None = None
         self._acks_seen = 0
         self._resync_requested = False
-        # Set while the store refuses relay updates: nothing is applied until then, when
-        # the session asks the relay again from what it really applied.
-        self._store_retry_at: float | None = None
+        # Set while relay updates cannot be taken (the store refuses them, or a snapshot
+        # was unreadable): nothing is applied until then, when the session asks the relay
+        # again from what it really applied.
+        self._paused_until: float | None = None
         self._resync_deferred = False
         self._incarnation_unsaved = False
         self._now = 0.0  # of the frame being handled
@@ -197,7 +198,7 @@ class SyncSession:
         self._resend_at = None
         self._resend_from = None
         self._resync_requested = False
-        self._store_retry_at = None  # the hello asks from what was really applied
+        self._paused_until = None  # the hello asks from what was really applied
         self._resync_deferred = False
         self._next_heartbeat = now + self.settings.heartbeat_interval_s
         self._heartbeat_mark = None
@@ -235,13 +236,13 @@ class SyncSession:
                 self.head_seq = Seq(max(self.head_seq, seq))
                 applied = (
                     None
-                    if self._store_retry_at is not None
+                    if self._paused_until is not None
                     else self._apply(update, seq, full_state=True)
                 )
-                if applied is False and self._store_retry_at is None:
+                if applied is False and self._paused_until is None:
                     # Not claimed: a snapshot we cannot apply must not stand for the state
-                    # up to its seq. Ask again after a pause, as after a refusing store.
-                    self._store_retry_at = self._now + self.settings.resend_delay_s
+                    # up to its seq. Ask again after the pause a refusing store also gets.
+                    self._paused_until = self._now + self.settings.resend_delay_s
                 if applied:
                     self.applied_seq = seq
                     self._check_live()
@@ -265,7 +266,7 @@ class SyncSession:
                 self.last_error = f"relay denied access: {reason}"
             case wire.SyncUpdate(update=update) | wire.SyncStep2(update=update):
                 # Not expected after a hello; harmless to apply (no seq attached).
-                if self._store_retry_at is None:
+                if self._paused_until is None:
                     self._apply(update, None)
             case _:
                 pass  # awareness, and frames only a relay receives
@@ -278,8 +279,8 @@ class SyncSession:
         if self._resend_at is not None and now >= self._resend_at:
             self._rewind()
         out: list[bytes] = []
-        if self._store_retry_at is not None and now >= self._store_retry_at:
-            out.extend(self._retry_store())
+        if self._paused_until is not None and now >= self._paused_until:
+            out.extend(self._resume_applying())
         if self._incarnation_unsaved and not self._repair_pending:
             self._persist_incarnation()
         if self.state not in (ConnectionState.CATCHING_UP, ConnectionState.LIVE):
@@ -354,7 +355,7 @@ class SyncSession:
             if resetter is not None:
                 resetter(Seq(0))
             # Whatever the store refused belonged to the old log; the snapshot replaces it.
-            self._store_retry_at = None
+            self._paused_until = None
             self._resync_deferred = False
         if lost:
             self._repair_pending = True
@@ -391,7 +392,7 @@ class SyncSession:
             return
         if self._incarnation_unsaved:
             self._incarnation_unsaved = False
-            if self._store_retry_at is None:
+            if self._paused_until is None:
                 self.store_error = None
 
     def _repaired(self) -> None:
@@ -441,11 +442,11 @@ class SyncSession:
         if self.store_error is None:
             self._events.append(StoreFailed(error))
         self.store_error = error
-        if now is not None and self._store_retry_at is None:
-            self._store_retry_at = now + self.settings.resend_delay_s
+        if now is not None and self._paused_until is None:
+            self._paused_until = now + self.settings.resend_delay_s
 
-    def _retry_store(self) -> list[bytes]:
-        self._store_retry_at = None
+    def _resume_applying(self) -> list[bytes]:
+        self._paused_until = None
         deferred, self._resync_deferred = self._resync_deferred, False
         if self.state in (ConnectionState.CATCHING_UP, ConnectionState.LIVE) or (
             deferred and self.state is ConnectionState.HANDSHAKE
@@ -467,7 +468,7 @@ class SyncSession:
         """Account for ``seq`` (``update`` None: our own update, already local)."""
         if seq > self.head_seq:
             self.head_seq = seq
-        if seq <= self.applied_seq or self._store_retry_at is not None:
+        if seq <= self.applied_seq or self._paused_until is not None:
             return []
         if seq == self.applied_seq + 1:
             if update is None:
@@ -489,7 +490,7 @@ class SyncSession:
         return self._resync()
 
     def _resync(self) -> list[bytes]:
-        if self._store_retry_at is not None:
+        if self._paused_until is not None:
             self._resync_deferred = True  # sent when the store is tried again
             return []
         if self._resync_requested:
