@@ -70,7 +70,7 @@ def _bare_ops() -> dict[str, Callable[[int], Any]]:
         "lww.set": lambda i: put("r1", f"[1,{i},{i}]"),
         "gcounter.inc": lambda i: put("r1", str(i)),
         "pncounter.dec": lambda i: put("-r1", str(i)),
-        "orset.add": lambda i: put(f'"t{i % 64}"\x1fr1.{i}', "[1,0]"),
+        "orset.add": lambda i: put(f'"t{i % 64}"\x1fr1', f'[1,{i},"r1.1.{i}"]'),
         "lwwmap.set": lambda i: put(f"k{i % 64}\x1fr1", f"[1,{i},{i}]"),
         "log.append": lambda i: push(f'[1,{i},"r1","entry {i}"]'),
     }

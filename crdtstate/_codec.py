@@ -83,3 +83,20 @@ dumps = make_encoder(sort_keys=True)
 def loads(text: str) -> JSON:
     """Decode JSON text (raises ``ValueError`` on malformed input)."""
     return json.loads(text)
+
+
+quote = json.encoder.encode_basestring
+"""The JSON text of a ``str`` (quoted and escaped, non-ASCII kept), as :func:`dumps` writes it."""
+
+
+class EncodedOp(dict[str, Any]):
+    """A semantic operation that carries its own JSON text in :attr:`text`.
+
+    A field builds its op from values it has just encoded for the doc. Handing that text on
+    spares the store a second encoding of the same value and the round-trip check, which is
+    most of what storing an op costs on the write path. ``text`` must decode to a dict equal
+    to this one; only the fields build these.
+    """
+
+    __slots__ = ("text",)
+    text: str

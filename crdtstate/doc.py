@@ -66,6 +66,22 @@ def _weak_callback(method: Callable[[Any], None]) -> Callable[[Any], None]:
     return call
 
 
+def _local_update_catcher(owner: NamespaceDoc) -> Callable[[Any], None]:
+    """The doc observer that keeps the update of each local transaction for the recorder.
+
+    It runs on every write, so it reads the owner through a plain weak reference rather
+    than calling a weakly held bound method (which costs a Python-level call more).
+    """
+    ref = weakref.ref(owner)
+
+    def call(event: Any) -> None:
+        target = ref()
+        if target is not None and not target._remote:
+            target._captured.append(event.update)
+
+    return call
+
+
 @dataclass(frozen=True, slots=True)
 class Change:
     """A field's value changed: delivered to subscribers with old and new typed values."""
@@ -117,7 +133,7 @@ class NamespaceDoc:
         # bound method would keep this object (and its replica, store and everything they
         # reach) alive for good, and pycrdt's own wrappers keep the Doc alive until the
         # subscriptions are dropped. Hence weak callbacks, unobserved when this object dies.
-        doc_subscription = self._doc.observe(_weak_callback(self._on_transaction))
+        doc_subscription = self._doc.observe(_local_update_catcher(self))
         self._schema_root: Map[Any] = self._doc.get(SCHEMA_ROOT, type=Map)
         self._schema_dirty = True
         schema_subscription = self._schema_root.observe(_weak_callback(self._on_schema_change))
@@ -190,10 +206,6 @@ class NamespaceDoc:
 
                 logging.getLogger("crdtstate").exception("change callback failed for %s", name)
 
-    def _on_transaction(self, event: Any) -> None:
-        if not self._remote:
-            self._captured.append(event.update)
-
     def _on_schema_change(self, _event: Any) -> None:
         self._schema_dirty = True
 
@@ -214,9 +226,7 @@ class NamespaceDoc:
         except Exception as exc:
             raise InvalidUpdate(f"cannot decode state vector: {exc}") from exc
 
-    def apply_update(
-        self, update: bytes, *, notify: bool = True, full_state: bool = False
-    ) -> None:
+    def apply_update(self, update: bytes, *, notify: bool = True, full_state: bool = False) -> None:
         """Merge a Yjs update from elsewhere.
 
         ``full_state`` says the update is a whole document's state (a snapshot): applied

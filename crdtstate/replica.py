@@ -387,7 +387,9 @@ class Replica(Generic[S]):
         if self._closed:
             raise StoreClosedError(f"replica {self.replica_id!r} is closed")
         store = self._store
-        queued_before = store.outbox_len()
+        # Only a SYNC append can fail after taking the write (its commit failed); a BATCH
+        # append that raises took nothing, so the count is not needed on the hot path.
+        queued_before = store.outbox_len() if store.durability is Durability.SYNC else None
         try:
             self._last_op_id = store.append_local(update, op)
         except StoreClosedError:
@@ -397,7 +399,7 @@ class Replica(Generic[S]):
             # dropped, every later update of this process would have a hole no peer could
             # fill. A SYNC commit failure keeps it queued in the store (the outbox grew);
             # otherwise it waits here and is stored (and sent) before the next write.
-            if store.outbox_len() <= queued_before:
+            if queued_before is None or store.outbox_len() <= queued_before:
                 self._unstored.append((bytes(update), dict(op)))
             raise type(exc)(
                 f"local write not durable: {exc}; it is applied in memory and will be stored "

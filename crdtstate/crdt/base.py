@@ -180,6 +180,8 @@ class Field(Generic[T]):
         self._adapter: TypeAdapter[Any] = _type_adapter(value_type)
         self._cache: tuple[Any, list[SchemaViolation]] | None = None
         self._typed_cache: tuple[Any, list[SchemaViolation]] | None = None
+        self._op_head = ""
+        """Start of every op's JSON text: ``{"field":<name>,"op":`` (set by :meth:`bind`)."""
         if default is not None or self._accepts_none():
             self._check_default()
 
@@ -217,6 +219,7 @@ class Field(Generic[T]):
         view._ctx = ctx
         view._cache = None
         view._typed_cache = None
+        view._op_head = '{"field":' + _codec.quote(view.name) + ',"op":'
         view._bind_root()
         return view
 
@@ -291,6 +294,16 @@ class Field(Generic[T]):
 
     def _encode(self, value: Any) -> str:
         return _codec.dumps(value)
+
+    def _op(self, verb: str, tail: str, **parts: Any) -> _codec.EncodedOp:
+        """The op ``{"field": <name>, "op": verb, **parts}`` with its JSON text.
+
+        ``tail`` is the JSON text of ``parts`` (``',"key":"k","value":3'``), made by the
+        caller from what it already encoded for the doc.
+        """
+        op = _codec.EncodedOp(field=self.name, op=verb, **parts)
+        op.text = f'{self._op_head}"{verb}"{tail}}}'
+        return op
 
     def _commit(
         self, op: dict[str, Any], mutate: Callable[[], None], after: Callable[[], None]

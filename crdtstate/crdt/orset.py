@@ -1,11 +1,19 @@
 """Add-wins observed-remove set: :class:`ORSet`.
 
-Layout in the doc: one root ``Map`` per field; every add creates a key
-``"<canonical JSON of the element>\\x1f<unique tag>"`` (value: the add's HLC, for
-debugging). An element is present while at least one of its keys exists. ``remove``
-deletes exactly the keys it observed, so an add concurrent with a remove carries a tag the
-remove never saw and survives: add wins. ``add`` of a present element replaces the tags it
-observed with one fresh tag, which keeps the set small without changing the semantics.
+Layout in the doc: one root ``Map`` per field; an add writes the key
+``"<canonical JSON of the element>\\x1f<replica id>"`` with the value
+``[wall_ms, counter, "<unique tag>"]`` (the add's HLC, for debugging, and its tag). An
+element is present while at least one of its keys exists. ``remove`` deletes exactly the
+keys it observed, so an add concurrent with a remove survives: it wrote a new Yjs item the
+remove never saw (a Yjs delete names items, not keys), and add wins. ``add`` of a present
+element replaces the keys it observed with its own, which keeps the set small without
+changing the semantics.
+
+One key per element and replica means a re-add overwrites the replica's own key: a single
+map write, where a key per tag would need a delete and an insert. Only one process writes
+as a replica at a time (the store's lock), so a replica's key never sees concurrent writes
+of its own. Keys of the older layout, ``"<element>\\x1f<tag>"`` with a ``[wall_ms, counter]``
+value, are read alike (the tag is then the key's suffix).
 
 Element identity is the canonical JSON encoding, so ``1`` and ``1.0`` are one element only
 if they encode alike (they do not: JSON keeps the distinction).
@@ -49,7 +57,8 @@ class ORSet(Field[T]):
 
     def __init__(self, value_type: type[T], *, doc: str = "") -> None:
         super().__init__(value_type, None, doc=doc)
-        self._index: dict[str, list[str]] = {}
+        # element text -> {key: its tag, or None until read}
+        self._index: dict[str, dict[str, str | None]] = {}
 
     def default_json(self) -> Any:
         return []
@@ -58,8 +67,25 @@ class ORSet(Field[T]):
         self._root = self.ctx.root_map(self.name)
         self._index = {}
 
+    def _tag_of(self, key: str, known: str | None) -> str:
+        """The add tag behind ``key``: kept in its value, or (older layout) its suffix."""
+        if known is not None:
+            return known
+        slot = self._root.get(key)
+        if isinstance(slot, str) and slot.startswith("["):
+            try:
+                parsed = _codec.loads(slot)
+            except ValueError:
+                parsed = None
+            if isinstance(parsed, list) and len(parsed) == 3 and isinstance(parsed[2], str):
+                return parsed[2]
+        return key.rpartition(TAG_SEP)[2]
+
+    def _observed_tags(self, element_text: str) -> list[str]:
+        return [self._tag_of(k, t) for k, t in self._index.get(element_text, {}).items()]
+
     def _materialize(self) -> tuple[Any, list[SchemaViolation]]:
-        index: dict[str, list[str]] = {}
+        index: dict[str, dict[str, str | None]] = {}
         decoded: dict[str, Any] = {}
         problems: list[SchemaViolation] = []
         for key in self._root.keys():  # noqa: SIM118 (typed as Iterable, iterated once)
@@ -79,7 +105,7 @@ class ORSet(Field[T]):
                     problems.append(SchemaViolation(self.name, "element of another type", key=key))
                     continue
                 decoded[element] = value
-            index.setdefault(element, []).append(key)
+            index.setdefault(element, {})[key] = None
         self._index = index
         return [decoded[e] for e in sorted(index)], problems
 
@@ -121,10 +147,7 @@ class ORSet(Field[T]):
     def tags(self, element: T) -> list[str]:
         """The add tags currently keeping ``element`` present (what a remove would observe)."""
         self._materialized()
-        return [
-            k.rpartition(TAG_SEP)[2]
-            for k in self._index.get(_codec.dumps(self.to_json(element)), [])
-        ]
+        return self._observed_tags(_codec.dumps(self.to_json(element)))
 
     @locked
     def add(self, element: T) -> str:
@@ -133,30 +156,36 @@ class ORSet(Field[T]):
         element_text = _codec.dumps(as_json)
         ctx = self.ctx
         values, violations = self._materialized()
-        observed = list(self._index.get(element_text, ()))
+        observed = self._index.get(element_text)
         tag = ctx.new_tag()
         wall_ms, counter = ctx.clock.tick()
-        new_key = f"{element_text}{TAG_SEP}{tag}"
-        stamp = _codec.dumps([wall_ms, counter])
+        own_key = f"{element_text}{TAG_SEP}{ctx.replica_id}"
+        if observed:
+            replaced = [self._tag_of(k, t) for k, t in observed.items()]
+            others = [k for k in observed if k != own_key]
+        else:
+            replaced, others = [], []
+        tag_text = _codec.quote(tag)
+        slot = f"[{wall_ms},{counter},{tag_text}]"
         root = self._root
 
         def mutate() -> None:
-            for key in observed:
+            for key in others:
                 del root[key]
-            root[new_key] = stamp
+            root[own_key] = slot  # overwrites this replica's earlier add of the element
 
-        op = {
-            "field": self.name,
-            "op": "add",
-            "value": as_json,
-            "tag": tag,
-            "replaced": [k.rpartition(TAG_SEP)[2] for k in observed],
-        }
+        op = self._op(
+            "add",
+            f',"value":{element_text},"tag":{tag_text},"replaced":{_codec.dumps(replaced)}',
+            value=as_json,
+            tag=tag,
+            replaced=replaced,
+        )
 
         def after() -> None:
             if element_text not in self._index:
                 bisect.insort(values, as_json, key=_codec.dumps)
-            self._index[element_text] = [new_key]
+            self._index[element_text] = {own_key: tag}
             self._cache = (values, violations)
             self._typed_cache = None
 
@@ -175,6 +204,7 @@ class ORSet(Field[T]):
         observed = list(self._index.get(element_text, ()))
         if not observed:
             return False
+        tags = self._observed_tags(element_text)
         ctx = self.ctx
         wall_ms, counter = ctx.clock.tick()
         mark_key, mark = REMOVE_MARK + ctx.replica_id, _codec.dumps([wall_ms, counter])
@@ -185,12 +215,12 @@ class ORSet(Field[T]):
                 del root[key]
             root[mark_key] = mark  # advances the state vector (see the module docstring)
 
-        op = {
-            "field": self.name,
-            "op": "remove",
-            "value": as_json,
-            "tags": [k.rpartition(TAG_SEP)[2] for k in observed],
-        }
+        op = self._op(
+            "remove",
+            f',"value":{element_text},"tags":{_codec.dumps(tags)}',
+            value=as_json,
+            tags=tags,
+        )
 
         def after() -> None:
             del self._index[element_text]

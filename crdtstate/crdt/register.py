@@ -19,6 +19,7 @@ from typing import Any, Generic, TypeVar, cast
 from pydantic import TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
 
+from crdtstate import _codec
 from crdtstate.crdt.base import (
     DELETED,
     Field,
@@ -114,7 +115,8 @@ class LWWRegister(Field[T]):
         if self._winner is not None:
             ctx.clock.observe(self._winner.wall_ms, self._winner.counter)
         wall_ms, counter = ctx.clock.tick()
-        encoded = self._encode([wall_ms, counter, as_json])
+        value_text = self._encode(as_json)
+        encoded = f"[{wall_ms},{counter},{value_text}]"  # what dumps() makes of the slot
         root, writer = self._root, ctx.replica_id
         if violations:  # a foreign own slot is overwritten
             violations = [v for v in violations if v.key != writer]
@@ -129,7 +131,7 @@ class LWWRegister(Field[T]):
             self._cache = (as_json, violations)
             self._typed_cache = None
 
-        self._commit({"field": self.name, "op": "set", "value": as_json}, mutate, after)
+        self._commit(self._op("set", f',"value":{value_text}', value=as_json), mutate, after)
         return stamp
 
 
@@ -275,8 +277,12 @@ class LWWMap(Field[T], Generic[K, T]):
         if winner is not None:
             ctx.clock.observe(winner.wall_ms, winner.counter)
         wall_ms, counter = ctx.clock.tick()
-        slot = [wall_ms, counter, as_json] if present else [wall_ms, counter]
-        encoded = self._encode(slot)
+        # The slot as dumps() would write it, with the value encoded once for slot and op.
+        if present:
+            value_text = self._encode(as_json)
+            encoded = f"[{wall_ms},{counter},{value_text}]"
+        else:
+            encoded = f"[{wall_ms},{counter}]"
         root, slot_key = self._root, f"{key_text}{SLOT_SEP}{ctx.replica_id}"
         if violations:  # a foreign slot of this writer is overwritten
             violations = [v for v in violations if v.key != slot_key]
@@ -284,13 +290,11 @@ class LWWMap(Field[T], Generic[K, T]):
         def mutate() -> None:
             root[slot_key] = encoded
 
-        op: dict[str, Any] = {
-            "field": self.name,
-            "op": "set" if present else "delete",
-            "key": key_text,
-        }
+        key_part = f',"key":{_codec.quote(key_text)}'
         if present:
-            op["value"] = as_json
+            op = self._op("set", f'{key_part},"value":{value_text}', key=key_text, value=as_json)
+        else:
+            op = self._op("delete", key_part, key=key_text)
         stamp = Stamp(wall_ms, counter, ctx.replica_id)
 
         def after() -> None:

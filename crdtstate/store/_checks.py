@@ -12,7 +12,7 @@ import json
 from collections.abc import Mapping
 from typing import Any, Final
 
-from crdtstate._codec import NestingError, make_encoder
+from crdtstate._codec import EncodedOp, NestingError, make_encoder
 from crdtstate._ids import OpId, Seq
 
 MAX_BLOB_BYTES: Final = 512 * 1024 * 1024
@@ -57,6 +57,8 @@ def encode_op(op: object) -> str:
         TypeError: ``op`` is not a mapping or holds a value JSON cannot encode.
         ValueError: ``op`` would come back different from a JSON round trip.
     """
+    if type(op) is EncodedOp:
+        return op.text  # built by a field from canonical JSON parts
     if type(op) is dict:
         as_dict: dict[Any, Any] = op
     elif isinstance(op, Mapping):

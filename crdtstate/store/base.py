@@ -95,7 +95,9 @@ class Store(Protocol):
     def append_local(self, update: bytes, op: Mapping[str, Any]) -> OpId:
         """Append a local write to the tail AND the outbox in one atomic step.
 
-        SYNC: returns only once fsynced. BATCH: returns at once.
+        SYNC: returns only once fsynced; a failed commit raises ``StoreError`` with the
+        write still queued (it is retried). BATCH: returns at once; when it raises, it took
+        nothing.
 
         Returns:
             The new op id.

@@ -417,9 +417,7 @@ class SyncSession:
         if self.state is ConnectionState.CATCHING_UP and self.applied_seq >= self.head_seq:
             self.state = ConnectionState.LIVE
 
-    def _apply(
-        self, update: bytes, seq: Seq | None, *, full_state: bool = False
-    ) -> bool | None:
+    def _apply(self, update: bytes, seq: Seq | None, *, full_state: bool = False) -> bool | None:
         """Apply ``update``: True if applied, False if invalid, None if the store refused."""
         try:
             self.target.apply_remote(update, seq, full_state=full_state)

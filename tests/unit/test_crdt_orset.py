@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from pycrdt import Doc, Map
 
-from crdtstate import ORSet, Schema, ValidationError
+from crdtstate import ORSet, Schema, ValidationError, _codec
 
 
 def sync(*docs: Any) -> None:
@@ -136,3 +136,32 @@ def test_foreign_set_keys_are_skipped_and_reported(make_doc: Any) -> None:
         "not json\x1ft1",
         "42\x1ft2",
     }
+
+
+def test_a_re_add_overwrites_the_replicas_own_key_in_one_map_write(make_doc: Any) -> None:
+    a = make_doc("a")
+    tags = [a.state.followers.add("bob") for _ in range(3)]
+    root = a.root_map("followers")
+    assert list(root.keys()) == ['"bob"\x1fa']
+    assert _codec.loads(root['"bob"\x1fa'])[2] == tags[-1]
+    assert len(set(tags)) == 3 and a.state.followers.tags("bob") == [tags[-1]]
+
+
+def test_keys_of_the_older_per_tag_layout_are_read_and_replaced(make_doc: Any) -> None:
+    raw: Doc[Any] = Doc(client_id=700)
+    root = raw.get("followers", type=Map)
+    root['"bob"\x1fold.2bc.7'] = "[1,0]"  # key per tag, HLC value
+    root['"ann"\x1fz'] = '[1,0,"z.5.1"]'  # key per replica, tag in the value
+    a, b = make_doc("a"), make_doc("b")
+    for doc in (a, b):
+        doc.apply_update(raw.get_update())
+    assert a.state.followers.value == ["ann", "bob"]
+    assert a.state.followers.tags("bob") == ["old.2bc.7"]
+    assert a.state.followers.tags("ann") == ["z.5.1"]
+    ops: list[dict[str, Any]] = []
+    a.recorder = lambda _update, op: ops.append(op)
+    new_tag = a.state.followers.add("bob")
+    assert ops[-1]["replaced"] == ["old.2bc.7"]
+    assert a.state.followers.remove("ann") and ops[-1]["tags"] == ["z.5.1"]
+    sync(a, b)
+    assert b.state.followers.value == ["bob"] and b.state.followers.tags("bob") == [new_tag]
