@@ -60,6 +60,11 @@ def make_encoder(*, sort_keys: bool, ensure_ascii: bool = False) -> Callable[[An
         return encode_standard
 
     def encode(value: Any) -> str:
+        kind = type(value)
+        if kind is str:  # the common scalars, without the encoder's list of chunks
+            return quote(value)
+        if kind is int:
+            return int.__repr__(value)  # what the encoder writes for an int
         try:
             return "".join(iterencode(value, 0))
         except RecursionError as exc:
@@ -87,6 +92,13 @@ def loads(text: str) -> JSON:
 
 quote = json.encoder.encode_basestring
 """The JSON text of a ``str`` (quoted and escaped, non-ASCII kept), as :func:`dumps` writes it."""
+
+
+def dumps_str_list(items: list[str]) -> str:
+    """:func:`dumps` of a list of ``str``, without the general encoder (op tag lists)."""
+    if len(items) == 1:
+        return f"[{quote(items[0])}]"
+    return "[" + ",".join(map(quote, items)) + "]"
 
 
 class EncodedOp(dict[str, Any]):

@@ -46,13 +46,13 @@ class HybridClock:
         offset_ms: added to every physical reading (chaos: clock skew on one replica).
     """
 
-    __slots__ = ("_counter", "_lock", "_now_ms", "_wall_ms", "offset_ms")
+    __slots__ = ("_last", "_lock", "_now_ms", "offset_ms")
 
     def __init__(self, now_ms: Callable[[], int] = wall_clock_ms, offset_ms: int = 0) -> None:
         self._now_ms = now_ms
         self.offset_ms = offset_ms
-        self._wall_ms = 0
-        self._counter = 0
+        # One tuple, replaced whole: a reader without the lock sees a pair that was issued.
+        self._last = (0, 0)
         self._lock = threading.Lock()
 
     def physical_ms(self) -> int:
@@ -61,28 +61,30 @@ class HybridClock:
 
     def tick(self) -> tuple[int, int]:
         """Return a timestamp greater than every one issued or observed so far."""
-        physical = self.physical_ms()
+        physical = self._now_ms() + self.offset_ms  # physical_ms(), inlined: every write ticks
         with self._lock:
-            if physical > self._wall_ms:
-                self._wall_ms, self._counter = physical, 0
-            else:
-                self._counter += 1
-            return self._wall_ms, self._counter
+            wall_ms, counter = self._last
+            issued = (physical, 0) if physical > wall_ms else (wall_ms, counter + 1)
+            self._last = issued
+            return issued
 
     def observe(self, wall_ms: int, counter: int) -> None:
         """Fold a timestamp seen elsewhere into the clock (no new timestamp is issued)."""
+        seen = (wall_ms, counter)
+        if seen <= self._last:  # the usual case (our own last write): no lock needed,
+            return  # since the clock only moves forward
         with self._lock:
-            if (wall_ms, counter) > (self._wall_ms, self._counter):
-                self._wall_ms, self._counter = wall_ms, counter
+            if seen > self._last:
+                self._last = seen
 
     @property
     def last(self) -> tuple[int, int]:
         """The latest timestamp issued or observed."""
-        return self._wall_ms, self._counter
+        return self._last
 
     def drift_ms(self) -> int:
         """How far the logical time runs ahead of the physical clock (0 when in step).
 
         A large value means some replica's clock is ahead of ours, or ours stepped back.
         """
-        return max(0, self._wall_ms - self.physical_ms())
+        return max(0, self._last[0] - self.physical_ms())

@@ -40,7 +40,10 @@ def locked(method: F) -> F:
 
     @functools.wraps(method)
     def wrapper(self: Field[Any], *args: Any, **kwargs: Any) -> Any:
-        with self.ctx.lock:
+        ctx = self._ctx
+        if ctx is None:
+            ctx = self.ctx  # raises: a declaration, not a bound view
+        with ctx.lock:
             return method(self, *args, **kwargs)
 
     return cast(F, wrapper)
@@ -108,6 +111,11 @@ _PY_TYPES: dict[ValueType, Any] = {
     ValueType.JSON: Any,
 }
 
+_PLAIN_TYPES: dict[ValueType, type] = {
+    vt: py for vt, py in _PY_TYPES.items() if vt is not ValueType.JSON
+}
+"""The Python type whose values a field of each value type checks without pydantic."""
+
 
 def value_type_of(py_type: Any) -> ValueType:
     """Descriptor type for a Python type: primitives map to themselves, the rest to json."""
@@ -173,6 +181,7 @@ class Field(Generic[T]):
     def __init__(self, value_type: Any, default: Any, *, doc: str = "") -> None:
         self.value_type: Any = value_type
         self.json_type: ValueType = value_type_of(value_type)
+        self._plain_type: type | None = _PLAIN_TYPES.get(self.json_type)
         self.default: Any = default
         self.doc = doc
         self.name: str = ""
@@ -271,22 +280,18 @@ class Field(Generic[T]):
 
         Returns :data:`_NOT_FAST` when the general path must decide (rich types, errors).
         """
-        vt = self.json_type
         kind = type(value)
-        if vt is ValueType.BOOL and kind is bool:
-            return value
-        if vt is ValueType.INT and kind is int and -_FAST_INT_LIMIT < value < _FAST_INT_LIMIT:
-            return value
-        if vt is ValueType.FLOAT and kind is float and math.isfinite(value):
-            return value
-        if (
-            vt is ValueType.STR
-            and kind is str
-            and len(value) * 4 <= MAX_VALUE_BYTES
-            and is_utf8_text(value)
-        ):
-            return value
-        return _NOT_FAST
+        if kind is not self._plain_type:
+            return _NOT_FAST
+        if kind is str:
+            ok = len(value) * 4 <= MAX_VALUE_BYTES and is_utf8_text(value)
+        elif kind is int:
+            ok = -_FAST_INT_LIMIT < value < _FAST_INT_LIMIT
+        elif kind is float:
+            ok = math.isfinite(value)
+        else:
+            ok = True  # a bool for a bool field
+        return value if ok else _NOT_FAST
 
     def from_json(self, value: Any) -> Any:
         """Turn a JSON value read from the doc into a typed value (raises on mismatch)."""

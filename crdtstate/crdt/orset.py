@@ -160,11 +160,14 @@ class ORSet(Field[T]):
         tag = ctx.new_tag()
         wall_ms, counter = ctx.clock.tick()
         own_key = f"{element_text}{TAG_SEP}{ctx.replica_id}"
-        if observed:
+        others: list[str] = []
+        if not observed:
+            replaced: list[str] = []
+        elif len(observed) == 1 and own_key in observed:  # a re-add: the usual case
+            replaced = [self._tag_of(own_key, observed[own_key])]
+        else:
             replaced = [self._tag_of(k, t) for k, t in observed.items()]
             others = [k for k in observed if k != own_key]
-        else:
-            replaced, others = [], []
         tag_text = _codec.quote(tag)
         slot = f"[{wall_ms},{counter},{tag_text}]"
         root = self._root
@@ -176,7 +179,7 @@ class ORSet(Field[T]):
 
         op = self._op(
             "add",
-            f',"value":{element_text},"tag":{tag_text},"replaced":{_codec.dumps(replaced)}',
+            f',"value":{element_text},"tag":{tag_text},"replaced":{_codec.dumps_str_list(replaced)}',
             value=as_json,
             tag=tag,
             replaced=replaced,
@@ -217,7 +220,7 @@ class ORSet(Field[T]):
 
         op = self._op(
             "remove",
-            f',"value":{element_text},"tags":{_codec.dumps(tags)}',
+            f',"value":{element_text},"tags":{_codec.dumps_str_list(tags)}',
             value=as_json,
             tags=tags,
         )
