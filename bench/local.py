@@ -153,8 +153,11 @@ def apply_throughput(n: int, root: Path) -> None:
 
 def recovery(sizes: list[int], root: Path) -> None:
     print("\n### Restart recovery (mixed writes over every type, batch mode)\n")
-    print("| writes | write time s | store MiB | bytes/write | recovery s | open total s |")
-    print("|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| writes | write time s | store MiB | bytes/write | doc state MiB | "
+        "bare pycrdt apply s | recovery s | open total s |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for size in sizes:
         path = root / f"rec{size}"
         rep = Replica.open(path, "rec", Bench, durability="batch")
@@ -166,7 +169,13 @@ def recovery(sizes: list[int], root: Path) -> None:
                 print(f"  ... {i:,}/{size:,}", file=sys.stderr, end="\r")
         rep.flush()
         write_s = time.perf_counter() - start
+        state = rep.export_update()
         rep.close()
+        bare: Doc[Any] = Doc()  # the floor: pycrdt applying the same whole state
+        start = time.perf_counter()
+        bare.apply_update(state)
+        bare_s = time.perf_counter() - start
+        del bare
         size_bytes = sum(p.stat().st_size for p in path.glob("rec.sqlite3*"))
         start = time.perf_counter()
         again = Replica.open(path, "rec", Bench, durability="batch")
@@ -175,7 +184,7 @@ def recovery(sizes: list[int], root: Path) -> None:
         again.close()
         print(
             f"| {size:,} | {write_s:.1f} | {size_bytes / 2**20:.1f} | {size_bytes / size:.0f} | "
-            f"{rec_s:.3f} | {open_s:.3f} |"
+            f"{len(state) / 2**20:.1f} | {bare_s:.3f} | {rec_s:.3f} | {open_s:.3f} |"
         )
 
 
