@@ -27,7 +27,8 @@ from aiohttp import web
 from relay.app import make_app
 from relay.backend.base import BackendError
 from relay.config import ConfigError, RelaySettings, load_settings
-from relay.keys import HUB
+from relay.gcpolicy import FullCollectionTimer, freeze_startup_objects
+from relay.keys import HUB, METRICS
 from relay.logs import configure_logging
 
 __all__ = ["main"]
@@ -74,6 +75,10 @@ async def serve(settings: RelaySettings) -> None:
     if settings.is_open:
         print(_OPEN_BANNER, file=sys.stderr, flush=True)
         _log.warning("open dev mode: no tokens configured, unsigned updates accepted")
+    metrics = app[METRICS]
+    pause_timer = FullCollectionTimer(metrics.gc_full_pause.observe)
+    pause_timer.install()
+    metrics.gc_frozen_objects.set(freeze_startup_objects())
     print(f"crdtstate-relay listening on http://{settings.host}:{port}", flush=True)
     _log.info(
         "listening", extra={"host": settings.host, "port": port, "data": str(settings.data_dir)}
@@ -89,6 +94,7 @@ async def serve(settings: RelaySettings) -> None:
         await app[HUB].drain()
     finally:
         await runner.cleanup()
+        pause_timer.uninstall()
     _log.info("stopped")
 
 

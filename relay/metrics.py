@@ -100,6 +100,17 @@ class RelayMetrics:
         self.storage_failures = Counter(
             "crdtstate_relay_storage_failures", "Failed group commits.", registry=r
         )
+        self.gc_full_pause = Histogram(
+            "crdtstate_relay_gc_full_collection_seconds",
+            "Event-loop pause of each full (generation 2) garbage collection.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.gc_frozen_objects = Gauge(
+            "crdtstate_relay_gc_frozen_objects",
+            "Objects frozen after start-up, which garbage collections skip.",
+            registry=r,
+        )
         self.drift = DriftCollector()
         r.register(self.drift)
 
