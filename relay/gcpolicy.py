@@ -5,8 +5,8 @@ relay holds well over a hundred thousand of them (imported modules, aiohttp, the
 the routes), none of which will ever be garbage, and a full collection walking them all
 stopped the event loop for 20 to 60 ms on the development machine, and every update in
 flight waited for it. Frozen after start-up (:func:`gc.freeze`), they are skipped, and a
-full collection walks only what was made since (1 to 2 ms there under the same load). The pauses of full collections are exported, so a
-regression shows in ``/metrics``.
+full collection walks only what was made since (1 to 2 ms there under the same load). The
+pauses of full collections are exported, so a regression shows in ``/metrics``.
 
 Process-wide: used by the ``serve`` entry point, never by :func:`relay.app.make_app` (tests
 run several relays in one process).
