@@ -20,8 +20,10 @@ JSON_VALUES = st.recursive(
     | st.integers(min_value=-(2**62), max_value=2**62)
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(st.characters(exclude_categories=("Cs",)), max_size=8),
-    lambda inner: st.lists(inner, max_size=3)
-    | st.dictionaries(st.text(max_size=4).filter(str.isprintable), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.text(max_size=4).filter(str.isprintable), inner, max_size=3)
+    ),
     max_leaves=10,
 )
 KEYS = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x1f"), max_size=8)
