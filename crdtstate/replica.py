@@ -405,26 +405,18 @@ class Replica(Generic[S]):
                 f"local write not durable: {exc}; it is applied in memory and will be stored "
                 "and sent once the store takes writes again"
             ) from exc
-        # _after_append(), inlined: every local write passes here
-        self._tail_updates += 1
-        self._tail_bytes += len(update)
-        if self._tail_updates >= SNAPSHOT_EVERY_UPDATES or self._tail_bytes >= SNAPSHOT_EVERY_BYTES:
-            self._snapshot_now()
+        self._after_append(len(update))
 
     def _after_append(self, size: int) -> None:
         self._tail_updates += 1
         self._tail_bytes += size
         if self._tail_updates >= SNAPSHOT_EVERY_UPDATES or self._tail_bytes >= SNAPSHOT_EVERY_BYTES:
-            self._snapshot_now()
-
-    def _snapshot_now(self) -> None:
-        """Snapshot because the tail grew long; a failure waits for the next append."""
-        try:
-            self.snapshot()
-        except StoreError as exc:
-            # The update itself is stored: its caller must not see a failure. The counters
-            # stay up, so the next append tries the snapshot again.
-            _log.warning("replica %s: snapshot failed, retried later: %s", self.replica_id, exc)
+            try:
+                self.snapshot()
+            except StoreError as exc:
+                # The update itself is stored: its caller must not see a failure. The
+                # counters stay up, so the next append tries the snapshot again.
+                _log.warning("replica %s: snapshot failed, retried later: %s", self.replica_id, exc)
 
     def snapshot(self) -> None:
         """Write a local snapshot now so the next start replays a short tail.
@@ -453,8 +445,7 @@ class Replica(Generic[S]):
             StoreFullError: the disk (or the store's size limit) is full.
             StoreError: the store is failing its commits for another reason.
         """
-        if self._closed:  # _check_open(), inlined: every write passes here
-            raise StoreClosedError(f"replica {self.replica_id!r} is closed")
+        self._check_open()
         if self._unstored:
             with self._doc.lock:
                 self._store_unstored()
