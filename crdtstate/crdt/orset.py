@@ -166,7 +166,7 @@ class ORSet(Field[T]):
         elif len(observed) == 1 and own_key in observed:  # a re-add: the usual case
             replaced = [self._tag_of(own_key, observed[own_key])]
         else:
-            replaced = [self._tag_of(k, t) for k, t in observed.items()]
+            replaced = self._observed_tags(element_text)
             others = [k for k in observed if k != own_key]
         tag_text = _codec.quote(tag)
         slot = f"[{wall_ms},{counter},{tag_text}]"

@@ -29,12 +29,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
-from crdtstate._codec import EncodedOp
 from crdtstate._ids import OpId, Seq
 from crdtstate.errors import CorruptStoreError, StoreClosedError, StoreError, StoreFullError
 from crdtstate.store import _sqlite_schema as schema
 from crdtstate.store._checks import (
-    MAX_BLOB_BYTES,
     check_blob,
     check_meta,
     check_op_id,
@@ -205,11 +203,8 @@ class SqliteStore:
             StoreError: an earlier commit failed and is not yet retried successfully.
             StoreClosedError: the store is closed.
         """
-        # Fast paths of check_blob() and encode_op() for what a replica hands over.
-        data = update if type(update) is bytes and len(update) <= MAX_BLOB_BYTES else None
-        if data is None:
-            data = check_blob(update, "update")
-        op_text = op.text if type(op) is EncodedOp else encode_op(op)
+        data = check_blob(update, "update")
+        op_text = encode_op(op)  # a field's EncodedOp hands over its own text
         created_at = self._clock()
         with self._lock:
             self._check_usable()
