@@ -1,10 +1,20 @@
 """SQLite backend: the relay's embedded default storage (one file, WAL mode).
 
-Every call runs on one dedicated thread that owns the only connection, so SQLite never sees
-two writers and the event loop never blocks on disk. ``append`` is one transaction per batch
+Every call but ``append`` runs on one dedicated thread that owns a connection, so the event
+loop never waits for a read, a snapshot or a trim. ``append`` is one transaction per batch
 (group commit); with ``fsync=True`` (``synchronous=FULL``) a returned append survives power
 loss, with ``fsync=False`` (``NORMAL``) it survives a process crash (kill -9) but maybe not a
 power cut.
+
+``append`` commits on the event loop itself, through a second connection, while the disk
+is fast (recent commits, fsync included, took less than ``inline_commit_s``). A commit of
+one small update then costs a fraction of a millisecond, less than handing it to the thread
+and back (a queue, two wake-ups, the GIL passed back and forth several times), which was
+most of the relay's CPU per update at a steady rate and most of its fan-out latency. When a
+commit is slow (a slow disk, a large batch) appends move to the thread until commits are
+fast again, so a slow disk stalls the loop once, not on every commit. The loop's connection
+never waits for a lock: when a write on the thread holds it, that append waits on the
+thread instead. Its checkpoints (copying the WAL back into the database) run on the thread.
 
 Owns the schema and the SQL. Imports only the backend interface and ``crdtstate._ids``.
 """
@@ -12,6 +22,7 @@ Owns the schema and the SQL. Imports only the backend interface and ``crdtstate.
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import sqlite3
 import time
@@ -34,6 +45,16 @@ from relay.backend.base import (
 __all__ = ["SqliteBackend"]
 
 _T = TypeVar("_T")
+
+_log = logging.getLogger("relay.backend.sqlite")
+
+_COMMIT_PEAK_DECAY: Final = 0.9
+"""Each commit lowers the remembered slowest commit by this factor: after one slow commit
+(or a slow run of them) about twenty fast ones bring appends back onto the loop."""
+_CHECKPOINT_COMMITS: Final = 500
+_CHECKPOINT_BYTES: Final = 4 * 1024 * 1024
+"""Loop commits (or update bytes) after which a checkpoint is started on the thread: every
+commit adds at least one page to the WAL, and without checkpoints it would grow forever."""
 
 _SCHEMA_VERSION: Final = 1
 _SCHEMA: Final = """
@@ -84,14 +105,27 @@ class SqliteBackend:
     Args:
         path: the database file (its directory is created).
         fsync: ``synchronous=FULL`` when True, ``NORMAL`` otherwise.
+        inline_commit_s: appends commit on the event loop while recent commits took less
+            than this (seconds); 0 commits every append on the thread.
     """
 
-    def __init__(self, path: Path, *, fsync: bool = True) -> None:
+    def __init__(self, path: Path, *, fsync: bool = True, inline_commit_s: float = 0.002) -> None:
         self.path = path
         self._fsync = fsync
+        self._inline_commit_s = inline_commit_s
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
+        self._writer: sqlite3.Connection | None = None
         self._ns_ids: dict[str, int] = {}
+        self._commit_peak_s = 0.0
+        self._since_checkpoint = (0, 0)
+        self._checkpoint: asyncio.Future[None] | None = None
+        self.commits_inline = 0
+        """Appends committed on the event loop (for tests and diagnosis)."""
+        self.commits_threaded = 0
+        """Appends committed on the thread."""
+        self.checkpoints = 0
+        """WAL checkpoints started for the loop's commits that completed."""
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -133,7 +167,12 @@ class SqliteBackend:
         loop = asyncio.get_running_loop()
         try:
             self._conn = await loop.run_in_executor(self._executor, self._connect)
+            if self._inline_commit_s > 0:
+                self._writer = self._connect_writer()
         except (sqlite3.Error, OSError) as exc:
+            if self._conn is not None:
+                await loop.run_in_executor(self._executor, self._conn.close)
+                self._conn = None
             self._executor.shutdown(wait=False)
             self._executor = None
             raise BackendError(f"cannot open {self.path}: {exc}") from exc
@@ -155,11 +194,28 @@ class SqliteBackend:
         conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
         return conn
 
+    def _connect_writer(self) -> sqlite3.Connection:
+        """The event loop's connection (appends only): it never waits for a lock
+        (``busy_timeout=0``) and never checkpoints (the thread does, see :meth:`append`).
+        The database is already in WAL mode, which is a property of the file."""
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
+        try:
+            conn.execute(f"PRAGMA synchronous={'FULL' if self._fsync else 'NORMAL'}")
+            conn.execute("PRAGMA busy_timeout=0")
+            conn.execute("PRAGMA wal_autocheckpoint=0")
+        except sqlite3.Error:
+            conn.close()
+            raise
+        return conn
+
     async def close(self) -> None:
         """Close the database; see :meth:`Backend.close`."""
         executor = self._executor
         if executor is None:
             return
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
 
         def _close(conn: sqlite3.Connection) -> None:
             conn.close()
@@ -252,7 +308,78 @@ class SqliteBackend:
             conn.execute("COMMIT")
             return results
 
-        return await self._run(_append)
+        writer = self._writer
+        if writer is not None and self._commit_peak_s < self._inline_commit_s:
+            started = time.perf_counter()
+            inline = self._append_inline(writer, _append)
+            if inline is not None:
+                self._commit_took(time.perf_counter() - started)
+                self.commits_inline += 1
+                self._after_inline_commit(entries)
+                return inline
+
+        def _timed_append(conn: sqlite3.Connection) -> list[AppendResult]:
+            started = time.perf_counter()
+            results = _append(conn)
+            self._commit_took(time.perf_counter() - started)
+            return results
+
+        results = await self._run(_timed_append)
+        self.commits_threaded += 1
+        return results
+
+    def _append_inline(
+        self,
+        writer: sqlite3.Connection,
+        fn: Callable[[sqlite3.Connection], list[AppendResult]],
+    ) -> list[AppendResult] | None:
+        """``fn`` on the loop's connection; None (nothing written) when another connection
+        holds the write lock, so the caller waits for it on the thread instead."""
+        try:
+            return fn(writer)
+        except sqlite3.Error as exc:
+            if writer.in_transaction:
+                writer.rollback()
+            code = getattr(exc, "sqlite_errorcode", None)
+            if isinstance(code, int) and code & 0xFF == sqlite3.SQLITE_BUSY:
+                return None
+            raise BackendError(f"sqlite {self.path}: {exc}") from exc
+
+    def _commit_took(self, seconds: float) -> None:
+        # A decaying peak: one slow commit sends the next ones to the thread.
+        self._commit_peak_s = max(seconds, self._commit_peak_s * _COMMIT_PEAK_DECAY)
+
+    def _after_inline_commit(self, entries: Sequence[NewEntry]) -> None:
+        """Start a WAL checkpoint on the thread after enough commits on the loop's
+        connection (which never checkpoints itself)."""
+        commits, size = self._since_checkpoint
+        commits += 1
+        for entry in entries:
+            size += len(entry.update)
+        executor = self._executor
+        if (
+            (commits < _CHECKPOINT_COMMITS and size < _CHECKPOINT_BYTES)
+            or self._checkpoint is not None
+            or executor is None
+        ):
+            self._since_checkpoint = (commits, size)
+            return
+        self._since_checkpoint = (0, 0)
+        loop = asyncio.get_running_loop()
+        checkpoint = loop.run_in_executor(executor, self._call, _checkpoint_wal)
+        checkpoint.add_done_callback(self._checkpoint_done)
+        self._checkpoint = checkpoint
+
+    def _checkpoint_done(self, future: asyncio.Future[None]) -> None:
+        self._checkpoint = None
+        if future.cancelled():
+            return
+        exc = future.exception()
+        if exc is None:
+            self.checkpoints += 1
+        else:
+            # Not fatal: the WAL keeps every commit; the next checkpoint tries again.
+            _log.warning("wal checkpoint failed", extra={"path": str(self.path), "error": str(exc)})
 
     async def read_after(self, namespace: Namespace, seq: Seq, limit: int) -> list[LogEntry]:
         """See :meth:`Backend.read_after`."""
@@ -410,3 +537,13 @@ class SqliteBackend:
             ]
 
         return await self._run(_list)
+
+
+def _checkpoint_wal(conn: sqlite3.Connection) -> None:
+    """Copy the WAL into the database so that the next commit starts the WAL over (RESTART).
+
+    A PASSIVE checkpoint would not wait for writers, and with commits arriving all the time
+    it never catches up: the WAL would only grow. RESTART holds the write lock for the copy;
+    an append meanwhile finds it taken and waits on the thread, so the loop never does.
+    """
+    conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
