@@ -411,6 +411,10 @@ class RelaySettings(_Model):
         open: open dev mode; None = open iff no token is configured.
         data_dir: SQLite database and nothing else lives here.
         fsync: commit with ``synchronous=FULL`` (survives power loss) instead of ``NORMAL``.
+        yjs_fanout: when plain Yjs clients get an update: ``accepted`` (as soon as the relay
+            has applied it to the namespace document, before it is durable: what a client
+            syncing by state vector gets anyway) or ``committed`` (after it is durable, with
+            the replicas' sequenced broadcast). Replicas always get committed updates only.
     """
 
     host: str = "127.0.0.1"
@@ -425,6 +429,7 @@ class RelaySettings(_Model):
     limits: LimitSettings = field(default_factory=LimitSettings)
     snapshot: SnapshotSettings = field(default_factory=SnapshotSettings)
     backend: BackendSettings = field(default_factory=BackendSettings)
+    yjs_fanout: Literal["accepted", "committed"] = "accepted"
     log_level: str = "INFO"
 
     @property

@@ -130,6 +130,7 @@ class LiveNamespace:
         self.snapshot_seq = snapshot.seq if snapshot is not None else Seq(0)
         self.snapshot_at = time.monotonic()
         self.settings = settings
+        self._yjs_fanout_accepted = settings.yjs_fanout == "accepted"
         self.policy: ResolvedPolicy = settings.policy_for(name)
         self.backend = backend
         self.metrics = metrics
@@ -624,6 +625,11 @@ class LiveNamespace:
             )
         self.doc_bytes += size
         self.last_active = now
+        if self._yjs_fanout_accepted:
+            # Plain Yjs clients carry no sequence numbers and sync by state vector (which
+            # serves this update from the document already): waiting for the commit would
+            # only add the fsync to their latency. See docs/protocol.md.
+            self._fan_out_yjs([(wire.encode_sync_update(update), peer)])
         replica_id = peer.replica_id
         self.sequencer.submit(
             Pending(
@@ -642,7 +648,7 @@ class LiveNamespace:
         # Plain Yjs subscribers get the whole batch at once (one queue call per subscriber,
         # not one per update and subscriber): each update encoded once, with its sender.
         yjs_frames: list[tuple[bytes, Peer]] | None = None
-        if any(peer.kind is PeerKind.YJS for peer in peers):
+        if not self._yjs_fanout_accepted and any(peer.kind is PeerKind.YJS for peer in peers):
             yjs_frames = []
         replicas = [peer for peer in peers if peer.kind is PeerKind.REPLICA]
         for pending, result in zip(batch, results, strict=True):
@@ -675,7 +681,7 @@ class LiveNamespace:
             metrics.update_bytes.inc(sequenced_bytes)
 
     def _fan_out_yjs(self, frames: list[tuple[bytes, Peer]]) -> None:
-        """Queue a committed batch's sync-update frames on every plain Yjs subscriber,
+        """Send (or queue) sync-update frames to every plain Yjs subscriber,
         except each update to its own sender (the relay never echoes)."""
         everything: list[bytes] | None = None
         size = 0
