@@ -14,7 +14,8 @@ most of the relay's CPU per update at a steady rate and most of its fan-out late
 commit is slow (a slow disk, a large batch) appends move to the thread until commits are
 fast again, so a slow disk stalls the loop once, not on every commit. The loop's connection
 never waits for a lock: when a write on the thread holds it, that append waits on the
-thread instead. Its checkpoints (copying the WAL back into the database) run on the thread.
+thread instead. Its checkpoints (copying the WAL back into the database) run on the thread,
+and appends wait behind them there.
 
 Owns the schema and the SQL. Imports only the backend interface and ``crdtstate._ids``.
 """
@@ -309,7 +310,11 @@ class SqliteBackend:
             return results
 
         writer = self._writer
-        if writer is not None and self._commit_peak_s < self._inline_commit_s:
+        if (
+            writer is not None
+            and self._checkpoint is None
+            and self._commit_peak_s < self._inline_commit_s
+        ):
             started = time.perf_counter()
             inline = self._append_inline(writer, _append)
             if inline is not None:
@@ -543,7 +548,8 @@ def _checkpoint_wal(conn: sqlite3.Connection) -> None:
     """Copy the WAL into the database so that the next commit starts the WAL over (RESTART).
 
     A PASSIVE checkpoint would not wait for writers, and with commits arriving all the time
-    it never catches up: the WAL would only grow. RESTART holds the write lock for the copy;
-    an append meanwhile finds it taken and waits on the thread, so the loop never does.
+    it never catches up: the WAL would only grow. RESTART needs the write lock; appends go
+    to the thread while a checkpoint is running (behind it, so it never starves), and the
+    loop never waits for it.
     """
     conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
