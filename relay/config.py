@@ -411,10 +411,11 @@ class RelaySettings(_Model):
         open: open dev mode; None = open iff no token is configured.
         data_dir: SQLite database and nothing else lives here.
         fsync: commit with ``synchronous=FULL`` (survives power loss) instead of ``NORMAL``.
-        yjs_fanout: when plain Yjs clients get an update: ``accepted`` (as soon as the relay
-            has applied it to the namespace document, before it is durable: what a client
-            syncing by state vector gets anyway) or ``committed`` (after it is durable, with
-            the replicas' sequenced broadcast). Replicas always get committed updates only.
+        yjs_fanout: when plain Yjs clients get an update: ``accepted`` (while the namespace
+            is quiet, as soon as the relay has applied it to the namespace document, before
+            it is durable: what a client syncing by state vector gets anyway; under load with
+            its commit batch) or ``committed`` (always after it is durable, with the
+            replicas' sequenced broadcast). Replicas always get committed updates only.
     """
 
     host: str = "127.0.0.1"

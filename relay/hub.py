@@ -625,10 +625,12 @@ class LiveNamespace:
             )
         self.doc_bytes += size
         self.last_active = now
-        if self._yjs_fanout_accepted:
-            # Plain Yjs clients carry no sequence numbers and sync by state vector (which
-            # serves this update from the document already): waiting for the commit would
-            # only add the fsync to their latency. See docs/protocol.md.
+        # Plain Yjs clients carry no sequence numbers and sync by state vector (which serves
+        # this update from the document already): when the namespace is quiet, waiting for
+        # the commit would only add the fsync to their latency (docs/protocol.md). Under load
+        # they get it with its commit batch, one write per subscriber for the whole batch.
+        sent_to_yjs = self._yjs_fanout_accepted and self.sequencer.quiet
+        if sent_to_yjs:
             self._fan_out_yjs([(wire.encode_sync_update(update), peer)])
         replica_id = peer.replica_id
         self.sequencer.submit(
@@ -636,6 +638,7 @@ class LiveNamespace:
                 NewEntry(peer.origin, replica_id, op_id if extension else OpId(0), update),
                 peer,
                 ack=peer.kind is PeerKind.REPLICA,
+                sent_to_yjs=sent_to_yjs,
             )
         )
         return None
@@ -648,7 +651,7 @@ class LiveNamespace:
         # Plain Yjs subscribers get the whole batch at once (one queue call per subscriber,
         # not one per update and subscriber): each update encoded once, with its sender.
         yjs_frames: list[tuple[bytes, Peer]] | None = None
-        if not self._yjs_fanout_accepted and any(peer.kind is PeerKind.YJS for peer in peers):
+        if any(peer.kind is PeerKind.YJS for peer in peers):
             yjs_frames = []
         replicas = [peer for peer in peers if peer.kind is PeerKind.REPLICA]
         for pending, result in zip(batch, results, strict=True):
@@ -666,7 +669,7 @@ class LiveNamespace:
             sequenced_bytes += len(entry.update)
             frame = wire.encode_broadcast(seq, entry.origin, entry.update)
             self._remember(seq, frame)
-            if yjs_frames is not None:
+            if yjs_frames is not None and not pending.sent_to_yjs:
                 yjs_frames.append((wire.encode_sync_update(entry.update), sender))
             if pending.ack and sender in peers:
                 sender.send(wire.encode_ack(entry.op_id, seq, False))

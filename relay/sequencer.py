@@ -46,11 +46,13 @@ class Pending:
         entry: what to append.
         peer: the connection that sent it (an opaque hub object), or None.
         ack: whether the sender gets an ack frame (replica connections do).
+        sent_to_yjs: already sent to plain Yjs subscribers when it was accepted.
     """
 
     entry: NewEntry
     peer: Any
     ack: bool
+    sent_to_yjs: bool = False
 
 
 class Sequencer:
@@ -124,6 +126,12 @@ class Sequencer:
         if len(self._pending) >= self._pending_max:
             self._room.clear()
         self._wake.set()
+
+    @property
+    def quiet(self) -> bool:
+        """Nothing waits for a commit and the last commit held one update at most: an update
+        accepted now is alone (no load to batch it with)."""
+        return not self._pending and self._last_batch <= 1
 
     async def wait_room(self) -> None:
         """Wait until fewer than ``pending_max`` updates wait."""
