@@ -16,6 +16,7 @@ import pytest
 
 from crdtstate.sync import wire
 from relay.app import DB_FILE
+from relay.config import ConfigError, load_settings
 from tests.integration.relay_helpers import (
     DocTarget,
     RawClient,
@@ -110,3 +111,13 @@ async def test_yjs_clients_get_updates_before_or_after_the_commit(
         for client in (writer, watcher, replica):
             await client.close()
         relay.kill()
+
+
+def test_yjs_fanout_is_read_from_the_config_and_checked(tmp_path: Path) -> None:
+    path = tmp_path / "relay.toml"
+    assert load_settings(None, environ={}).yjs_fanout == "accepted"
+    path.write_text('yjs_fanout = "committed"\n')
+    assert load_settings(path, environ={}).yjs_fanout == "committed"
+    path.write_text('yjs_fanout = "eventually"\n')
+    with pytest.raises(ConfigError, match=r"yjs_fanout"):
+        load_settings(path, environ={})

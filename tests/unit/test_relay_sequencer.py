@@ -105,3 +105,28 @@ async def test_a_round_after_a_pause_commits_once() -> None:
     # The first round commits its first update alone (nothing says the namespace is busy
     # yet), the rest of it together; every later round is one commit.
     assert [size for _, size in backend.batches][-2:] == [5, 5]
+
+
+async def test_quiet_only_while_updates_come_alone() -> None:
+    # What decides whether plain Yjs clients get an update before its commit (relay/hub.py).
+    backend = _Backend(commit_s=0.0)
+    done: list[int] = []
+    seq = _sequencer(backend, delay_s=0.0, done=done)
+    seq.start()
+    try:
+        assert seq.quiet
+        seq.submit(_pending(0))
+        assert not seq.quiet  # an update waits for its commit
+        await seq.flush()
+        assert seq.quiet  # the last commit held one update
+        seq.submit(_pending(1))
+        seq.submit(_pending(2))
+        await seq.flush()
+        assert [size for _, size in backend.batches] == [1, 2]
+        assert not seq.quiet  # under load the next update goes with its commit batch
+        seq.submit(_pending(3))
+        await seq.flush()
+        assert seq.quiet
+        assert done == [1, 2, 3, 4]
+    finally:
+        await seq.stop()
