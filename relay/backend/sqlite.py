@@ -144,9 +144,13 @@ class SqliteBackend:
         try:
             return fn(conn)
         except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.rollback()
-            raise BackendError(f"sqlite {self.path}: {exc}") from exc
+            raise self._failed(conn, exc) from exc
+
+    def _failed(self, conn: sqlite3.Connection, exc: sqlite3.Error) -> BackendError:
+        """Roll back what ``conn`` left open; the error to raise in its place."""
+        if conn.in_transaction:
+            conn.rollback()
+        return BackendError(f"sqlite {self.path}: {exc}")
 
     def _ns_id(self, conn: sqlite3.Connection, namespace: str) -> int:
         ns_id = self._ns_ids.get(namespace)
@@ -345,12 +349,10 @@ class SqliteBackend:
         try:
             return fn(writer)
         except sqlite3.Error as exc:
-            if writer.in_transaction:
-                writer.rollback()
-            code = getattr(exc, "sqlite_errorcode", None)
-            if isinstance(code, int) and code & 0xFF == sqlite3.SQLITE_BUSY:
+            failure = self._failed(writer, exc)
+            if exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY:
                 return None
-            raise BackendError(f"sqlite {self.path}: {exc}") from exc
+            raise failure from exc
 
     def _commit_took(self, seconds: float) -> None:
         # A decaying peak: one slow commit sends the next ones to the thread.
