@@ -92,6 +92,7 @@ class Sequencer:
         self._pending_max = pending_max
         self._commit_delay_s = commit_delay_s
         self._last_batch = 0
+        self._held_from_yjs = 0
         self._first_at = 0.0
         self._pending: list[Pending] = []
         self._wake = asyncio.Event()
@@ -123,15 +124,23 @@ class Sequencer:
             self._first_at = time.monotonic()  # once per batch, not per update
         self._pending.append(pending)
         self._submitted += 1
+        if not pending.sent_to_yjs:
+            self._held_from_yjs += 1
         if len(self._pending) >= self._pending_max:
             self._room.clear()
         self._wake.set()
 
     @property
     def quiet(self) -> bool:
-        """Nothing waits for a commit and the last commit held one update at most: an update
-        accepted now is alone (no load to batch it with)."""
-        return not self._pending and self._last_batch <= 1
+        """The last commit held one update at most and every update not yet committed was
+        already sent to plain Yjs subscribers: an update accepted now has no load to be
+        batched with, and sending it at once keeps them in accept order.
+
+        Updates that merely wait behind one slow commit (an fsync that stalls) do not end
+        quiet: they were sent on arrival, and holding the next ones for that commit would
+        only add the stall to their latency. Load shows as a commit of several updates.
+        """
+        return self._held_from_yjs == 0 and self._last_batch <= 1
 
     async def wait_room(self) -> None:
         """Wait until fewer than ``pending_max`` updates wait."""
@@ -209,3 +218,4 @@ class Sequencer:
             _log.exception("commit callback failed", extra={"namespace": self.namespace})
         finally:
             self._done += len(batch)
+            self._held_from_yjs -= sum(1 for p in batch if not p.sent_to_yjs)

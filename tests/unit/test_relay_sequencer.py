@@ -44,8 +44,9 @@ def _sequencer(backend: _Backend, delay_s: float, done: list[int]) -> Sequencer:
     )
 
 
-def _pending(n: int) -> Pending:
-    return Pending(NewEntry(f"o{n}", None, 0, b"u"), None, ack=False)  # type: ignore[arg-type]
+def _pending(n: int, sent_to_yjs: bool = False) -> Pending:
+    entry = NewEntry(f"o{n}", None, 0, b"u")  # type: ignore[arg-type]
+    return Pending(entry, None, ack=False, sent_to_yjs=sent_to_yjs)
 
 
 async def test_lone_updates_do_not_wait() -> None:
@@ -128,5 +129,33 @@ async def test_quiet_only_while_updates_come_alone() -> None:
         await seq.flush()
         assert seq.quiet
         assert done == [1, 2, 3, 4]
+    finally:
+        await seq.stop()
+
+
+async def test_updates_sent_on_arrival_behind_a_slow_commit_stay_quiet() -> None:
+    # A commit that stalls (an fsync taking 20 ms) with updates arriving one by one: they
+    # were each sent to Yjs clients on arrival, so the next one is sent on arrival too.
+    backend = _Backend(commit_s=0.05)
+    done: list[int] = []
+    seq = _sequencer(backend, delay_s=0.0, done=done)
+    seq.start()
+    try:
+        seq.submit(_pending(0, sent_to_yjs=True))
+        await asyncio.sleep(0.01)  # its commit is in flight
+        assert seq.quiet
+        seq.submit(_pending(1, sent_to_yjs=True))
+        seq.submit(_pending(2, sent_to_yjs=True))
+        assert seq.quiet
+        # One held back (not sent on arrival): later ones wait too, to keep accept order.
+        seq.submit(_pending(3))
+        assert not seq.quiet
+        await seq.flush()
+        assert [size for _, size in backend.batches] == [1, 3]
+        assert not seq.quiet  # the last commit held several updates: load
+        seq.submit(_pending(4))
+        await seq.flush()
+        assert seq.quiet
+        assert done == [1, 2, 3, 4, 5]
     finally:
         await seq.stop()
