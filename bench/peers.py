@@ -503,23 +503,26 @@ def run(plan: Plan, work: Path) -> tuple[list[tuple[int, str, dict[str, Any]]], 
     rows = []
     raw: dict[str, Any] = {}
     for n in plan.clients:
-        for kind in plan.servers:
-            runs = []
-            for attempt in range(plan.repeat):
+        runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in plan.servers}
+        # Round-robin over the servers, not all runs of one server then the next: a noisy
+        # minute on a shared machine then lands on every server alike.
+        for attempt in range(plan.repeat):
+            for kind in plan.servers:
                 left = deadline - time.monotonic()
                 if left < 5:
-                    runs.append({"error": "skipped: time budget spent"})
-                    break
+                    runs[kind].append({"error": "skipped: time budget spent"})
+                    continue
                 print(f"# N={n} {kind} run {attempt + 1}/{plan.repeat}", file=sys.stderr)
                 try:
                     result = measure(kind, n, plan.opts, work, left)
                 except (RuntimeError, OSError, ValueError) as exc:
                     result = {"error": str(exc)[:300]}
-                runs.append(result)
+                runs[kind].append(result)
                 if result.get("error"):
                     print(f"#   error: {result['error']}", file=sys.stderr)
-            raw[f"{n}/{kind}"] = runs
-            rows.append((n, kind, summarize(runs)))
+        for kind in plan.servers:
+            raw[f"{n}/{kind}"] = runs[kind]
+            rows.append((n, kind, summarize(runs[kind])))
     return rows, raw
 
 
