@@ -19,7 +19,7 @@ import signal
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from aiohttp import web
@@ -30,6 +30,7 @@ from relay.config import ConfigError, RelaySettings, load_settings
 from relay.gcpolicy import FullCollectionTimer, freeze_startup_objects
 from relay.keys import HUB, METRICS
 from relay.logs import configure_logging
+from relay.ops import event_loop_name
 
 __all__ = ["main"]
 
@@ -81,7 +82,13 @@ async def serve(settings: RelaySettings) -> None:
     metrics.gc_frozen_objects.set(freeze_startup_objects())
     print(f"crdtstate-relay listening on http://{settings.host}:{port}", flush=True)
     _log.info(
-        "listening", extra={"host": settings.host, "port": port, "data": str(settings.data_dir)}
+        "listening",
+        extra={
+            "host": settings.host,
+            "port": port,
+            "data": str(settings.data_dir),
+            "event_loop": event_loop_name(),
+        },
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -117,6 +124,21 @@ def _snapshot(url: str, namespace: str, token: str | None) -> int:
     return 1
 
 
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop ``event_loop`` asks for: uvloop's (``uvloop``, or ``auto`` when it is
+    installed), else None for asyncio's own. uvloop runs the same sockets and callbacks with
+    less interpreter work per event, which is most of the relay's CPU per update."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise
+        return None
+    return uvloop.new_event_loop
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``crdtstate-relay``; returns the exit status."""
     args = _parser().parse_args(argv)
@@ -131,7 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     configure_logging(settings.log_level)
     try:
-        asyncio.run(serve(settings))
+        with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
+            runner.run(serve(settings))
     except (OSError, BackendError) as exc:  # BackendError: storage unreachable at start
         print(f"crdtstate-relay: cannot serve: {exc}", file=sys.stderr)
         return 1

