@@ -178,7 +178,10 @@ def start_server(kind: str, work: Path, wrap: list[str] | None = None) -> Server
             proc = STARTED.add(subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, cwd=ROOT))
             port = _wait_line(proc, r"listening on \S*:(\d+)", "relay").group(1)
             child = _only_child(proc.pid) if wrap else None
-            return Server(kind, proc, f"ws://127.0.0.1:{port}/yjs", "0.1.0 (this tree)", child)
+            loop = _relay_event_loop(int(port))
+            return Server(
+                kind, proc, f"ws://127.0.0.1:{port}/yjs", f"0.1.0 (this tree, {loop})", child
+            )
         if kind == "yws":
             port = _free_port()
             env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port)}
@@ -216,6 +219,14 @@ def start_server(kind: str, work: Path, wrap: list[str] | None = None) -> Server
     finally:
         log.close()
     raise ValueError(f"unknown server {kind!r}")
+
+
+def _relay_event_loop(port: int) -> str:
+    """The event loop the relay reports in ``/healthz`` (uvloop or asyncio)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as response:
+        return str(json.load(response).get("event_loop", "?"))
 
 
 def _only_child(pid: int) -> int:
