@@ -686,22 +686,27 @@ class LiveNamespace:
     def _fan_out_yjs(self, frames: list[tuple[bytes, Peer]]) -> None:
         """Send (or queue) sync-update frames to every plain Yjs subscriber,
         except each update to its own sender (the relay never echoes)."""
-        everything: list[bytes] | None = None
-        size = 0
+        everything = [frame for frame, _ in frames]
+        size = sum(map(len, everything))
+        # Every subscriber gets the same list; a sender also gets the indices of its own
+        # updates to leave out (cut from the batch framed once, see relay/ws.py).
+        own: dict[Peer, list[int]] = {}
+        for index, (_, sender) in enumerate(frames):
+            indices = own.get(sender)
+            if indices is None:
+                own[sender] = [index]
+            else:
+                indices.append(index)
         written = 0
-        senders = {sender for _, sender in frames}
         for peer in self.peers:
             if peer.kind is not PeerKind.YJS:
                 continue
-            if peer in senders:
-                others = [frame for frame, sender in frames if sender is not peer]
-                if others:
-                    written += peer.broadcast_many(others, sum(map(len, others)))
-                continue
-            if everything is None:
-                everything = [frame for frame, _ in frames]
-                size = sum(map(len, everything))
-            written += peer.broadcast_many(everything, size)
+            skip = own.get(peer)
+            if skip is None:
+                written += peer.broadcast_many(everything, size)
+            elif len(skip) < len(everything):
+                left = size - sum(len(everything[index]) for index in skip)
+                written += peer.broadcast_many(everything, left, skip)
         if written:
             self.metrics.sent_bytes.inc(written)
 

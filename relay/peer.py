@@ -19,7 +19,7 @@ import enum
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
 
 from crdtstate._ids import ReplicaId, Seq
@@ -65,8 +65,9 @@ class Peer:
         send_many: writes several frames at once (one socket write); without it the
             writer calls ``send`` once per frame.
         write_now: writes frames at once, without waiting, if the socket takes them
-            (returns False when it is closing or backed up): fan-out to an idle connection
-            then needs no queue and no writer wake-up.
+            (returns False when it is closing or backed up), leaving out those at the
+            indices given as its second argument: fan-out to an idle connection then needs
+            no queue and no writer wake-up.
     """
 
     def __init__(
@@ -78,7 +79,7 @@ class Peer:
         limits: LimitSettings,
         metrics: RelayMetrics,
         send_many: Callable[[list[bytes]], Awaitable[None]] | None = None,
-        write_now: Callable[[list[bytes]], bool] | None = None,
+        write_now: Callable[[list[bytes], Sequence[int]], bool] | None = None,
     ) -> None:
         now = time.monotonic()
         self.conn_id = conn_id
@@ -177,9 +178,11 @@ class Peer:
             return
         self._push(frame)
 
-    def broadcast_many(self, frames: list[bytes], size: int) -> int:
-        """Send or queue several fan-out frames at once, in order (``size``: their total
-        bytes); overflow as in :meth:`broadcast`. Frames are shared with other recipients.
+    def broadcast_many(self, frames: list[bytes], size: int, skip: Sequence[int] = ()) -> int:
+        """Send or queue several fan-out frames at once, in order, except those at the
+        indices in ``skip`` (ascending; the connection's own updates). ``size``: the total
+        bytes of what is sent. Overflow as in :meth:`broadcast`. The list is shared with
+        other recipients and never changed.
 
         Returns the bytes written directly (0 when queued or dropped): with nothing queued
         and a socket that takes them, the frames are written now; the caller counts them
@@ -188,14 +191,17 @@ class Peer:
         if self.desynced or self._close_request is not None or self.closed:
             return 0
         queue = self._queue
-        if not queue:
-            # Nothing waits before these frames, and the writer holds none (it hands what it
-            # takes to the socket before it awaits anything): writing now keeps the order.
-            if self._write_now is not None and self._write_now(frames):
-                return size
-            if len(frames) == 1:
-                self._push(frames[0])  # a first frame always fits
+        # Nothing waits before these frames, and the writer holds none (it hands what it
+        # takes to the socket before it awaits anything): writing now keeps the order.
+        if not queue and self._write_now is not None and self._write_now(frames, skip):
+            return size
+        if skip:
+            frames = [frame for index, frame in enumerate(frames) if index not in skip]
+            if not frames:
                 return 0
+        if not queue and len(frames) == 1:
+            self._push(frames[0])  # a first frame always fits
+            return 0
         if (
             len(queue) + len(frames) > self._frames_max
             or self._queue_bytes + size > self._bytes_max

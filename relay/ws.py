@@ -18,6 +18,7 @@ import contextlib
 import logging
 import secrets
 import struct
+from collections.abc import Sequence
 from typing import Final
 
 from aiohttp import WSMsgType, web
@@ -62,35 +63,62 @@ def _frame_header(size: int) -> bytes:
 
 
 class _LastEncoded:
-    """The frames last put on the wire and their bytes: fan-out hands one list to every
-    subscriber that gets the whole batch, so the batch is framed once, not once per
-    subscriber. Lists given to :func:`_on_the_wire` are never changed afterwards (the hub and
-    the peers build a new list for every write); holding the last one keeps its identity
-    from being reused."""
+    """The frames last put on the wire, their bytes and where each frame ends in them:
+    fan-out hands one list to every subscriber, so the batch is framed once, not once per
+    subscriber, and a subscriber that sent some of its updates gets the same bytes with
+    those frames cut out. Lists given to :func:`_on_the_wire` are never changed afterwards
+    (the hub and the peers build a new list for every write); holding the last one keeps
+    its identity from being reused."""
 
     frames: list[bytes] | None = None
     data = b""
+    ends: list[int] = []
 
 
-def _on_the_wire(frames: list[bytes]) -> bytes:
-    """``frames`` as websocket frames, back to back (one transport write)."""
+def _encode(frames: list[bytes]) -> tuple[bytes, list[int]]:
+    """``frames`` as websocket frames, back to back, and the end offset of each."""
+    parts: list[bytes] = []
+    append = parts.append
+    ends: list[int] = []
+    end = 0
+    for frame in frames:
+        size = len(frame)
+        header = _SMALL_HEADERS[size] if size < 126 else _frame_header(size)
+        append(header)
+        append(frame)
+        end += len(header) + size
+        ends.append(end)
+    return b"".join(parts), ends
+
+
+def _on_the_wire(frames: list[bytes], skip: Sequence[int] = ()) -> bytes:
+    """``frames`` as websocket frames, back to back (one transport write), leaving out the
+    frames at the indices in ``skip`` (ascending): a sender's own updates.
+
+    Cutting byte ranges out of the batch framed once keeps the per-subscriber work
+    constant; filtering and framing the rest per subscriber grew with the batch, which is
+    most of the fan-out cost with many writers."""
     if frames is _LastEncoded.frames:
-        return _LastEncoded.data
-    if len(frames) == 1:
+        data, ends = _LastEncoded.data, _LastEncoded.ends
+    elif len(frames) == 1 and not skip:
         frame = frames[0]
-        data = _frame_header(len(frame)) + frame
+        return _frame_header(len(frame)) + frame
     else:
-        parts: list[bytes] = []
-        append = parts.append
-        for frame in frames:
-            size = len(frame)
-            append(_SMALL_HEADERS[size] if size < 126 else _frame_header(size))
-            append(frame)
-        data = b"".join(parts)
-    if len(data) <= _MEMO_BYTES_MAX:
-        _LastEncoded.frames = frames
-        _LastEncoded.data = data
-    return data
+        data, ends = _encode(frames)
+        if len(data) <= _MEMO_BYTES_MAX:
+            _LastEncoded.frames = frames
+            _LastEncoded.data = data
+            _LastEncoded.ends = ends
+    if not skip:
+        return data
+    view = memoryview(data)
+    kept: list[memoryview] = []
+    start = 0
+    for index in skip:
+        kept.append(view[start : ends[index - 1] if index else 0])
+        start = ends[index]
+    kept.append(view[start:])
+    return b"".join(kept)
 
 
 async def handle_websocket(request: web.Request) -> web.StreamResponse:
@@ -143,14 +171,14 @@ async def handle_websocket(request: web.Request) -> web.StreamResponse:
     transport = request.transport
     payload_writer = request.writer
 
-    def write(frames: list[bytes]) -> None:
+    def write(frames: list[bytes], skip: Sequence[int] = ()) -> None:
         # Frames are encoded here and written to the transport in one call (one syscall,
         # usually one packet) instead of one ``send_bytes`` each: per-recipient sending is
         # most of a relay's work. Safe beside aiohttp's own writes (pings, close) because
         # compression is off, so every write is a whole frame, and nothing is written once
         # the websocket is closing (callers check).
         assert transport is not None
-        transport.write(_on_the_wire(frames))
+        transport.write(_on_the_wire(frames, skip))
 
     async def send_many(frames: list[bytes]) -> None:
         if ws.closed or transport is None or transport.is_closing():
@@ -159,7 +187,7 @@ async def handle_websocket(request: web.Request) -> web.StreamResponse:
         if transport.get_write_buffer_size() > _DRAIN_ABOVE:
             await payload_writer.drain()  # waits while the socket is paused for writing
 
-    def write_now(frames: list[bytes]) -> bool:
+    def write_now(frames: list[bytes], skip: Sequence[int] = ()) -> bool:
         if (
             ws.closed
             or transport is None
@@ -167,7 +195,7 @@ async def handle_websocket(request: web.Request) -> web.StreamResponse:
             or transport.get_write_buffer_size() > _DRAIN_ABOVE
         ):
             return False
-        write(frames)
+        write(frames, skip)
         return True
 
     async def close(code: int, reason: str) -> None:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from typing import TYPE_CHECKING, Final
 
 from chaos.sim.net import CLOSE, DATA, OPEN, RESET, Connection, Item
@@ -115,13 +115,15 @@ class RelayConn:
             drained.set_result(None)
             self.relay.schedule_settle()
 
-    def write_now(self, frames: list[bytes]) -> bool:
-        """Fan-out's direct write, unless the connection is closing or its buffer is full."""
+    def write_now(self, frames: list[bytes], skip: Sequence[int] = ()) -> bool:
+        """Fan-out's direct write (but for the frames at the indices in ``skip``), unless
+        the connection is closing or its buffer is full."""
         down = self.conn.down
         if self._dead() or down.backlog_bytes > self._buffer_max:
             return False
-        for frame in frames:
-            down.push(DATA, frame)
+        for index, frame in enumerate(frames):
+            if index not in skip:
+                down.push(DATA, frame)
         return True
 
     async def close(self, code: int, reason: str) -> None:
