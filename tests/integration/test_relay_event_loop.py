@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+import uvloop  # a dependency of crdtstate (pyproject.toml)
 
 from crdtstate.sync import wire
 from relay.__main__ import loop_factory
@@ -51,6 +52,5 @@ def test_event_loop_is_read_from_the_config_and_checked(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"event_loop"):
         load_settings(path, environ={})
     assert loop_factory("asyncio") is None
-    uvloop = pytest.importorskip("uvloop")
     assert loop_factory("auto") is uvloop.new_event_loop
     assert loop_factory("uvloop") is uvloop.new_event_loop
